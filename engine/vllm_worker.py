@@ -1,0 +1,363 @@
+"""Steering inside vLLM's worker processes: imported by every worker before the model is loaded.
+
+vLLM imports this module in ``init_worker`` (it is named by ``worker_extension_cls``), i.e. before ``load_model``.
+Importing it wraps the model runners' ``load_model`` (V1 runner, CPU runner, Model Runner V2) so that, right after
+the weights load and *before the first forward* (vLLM compiles once and then drops Dynamo guards, so a hook added
+later silently does nothing), every steerable decoder layer gets a forward hook and persistent slot tables. It also
+wraps the runners' input preparation to fill a per-token slot index from each request's
+``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits vLLM's files; the wrappers
+live only in processes that asked for this extension.
+
+The hook is branch-free tensor math (``engine.steering_ops.steer_rows``) over buffers that the driver only updates
+in place, so compiled graphs and CUDA-graph replay see every change.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.steering_ops import ROW_FIELDS, SlotTables, steer_rows
+
+logger = logging.getLogger("sidesteer.vllm_worker")
+
+CONFIG_KEY = "sidesteer"  # key in vLLM's additional_config (also keys the AOT compile cache)
+SLOT_ARG = "sidesteer_slot"  # SamplingParams.extra_args key: the request's steering slot (0 = none)
+CAPTURE_ARG = "sidesteer_capture"  # SamplingParams.extra_args key: activation-capture id of the request
+
+
+# -- activation capture: an opaque custom op, so the compiled graph calls back into Python ------------------------
+_CAPTURE_LOCK = threading.Lock()
+
+
+class _CaptureSession:
+    def __init__(self, layers: list[int]) -> None:
+        self.layers = set(layers)
+        self.sums: dict[int, dict[int, np.ndarray]] = {layer: {} for layer in layers}
+        self.counts: dict[int, dict[int, int]] = {layer: {} for layer in layers}
+        self.token_ids = np.full(0, -1, dtype=np.int64)  # capture id per scheduled token (-1 = not captured)
+
+    def accumulate(self, layer: int, x: torch.Tensor) -> None:
+        if layer not in self.layers:
+            return
+        ids = self.token_ids
+        n = min(len(ids), x.shape[0])
+        if n == 0 or not (ids[:n] >= 0).any():
+            return
+        rows = x[:n].detach().to("cpu", torch.float64).numpy()
+        for cid in np.unique(ids[:n][ids[:n] >= 0]):
+            mask = ids[:n] == cid
+            total = rows[mask].sum(axis=0)
+            cid = int(cid)
+            self.sums[layer][cid] = self.sums[layer].get(cid, 0) + total
+            self.counts[layer][cid] = self.counts[layer].get(cid, 0) + int(mask.sum())
+
+
+_ACTIVE_CAPTURE: _CaptureSession | None = None
+
+
+@torch.library.custom_op("sidesteer::capture", mutates_args=("sink",))
+def capture_op(x: torch.Tensor, sink: torch.Tensor, layer: int) -> None:
+    """Accumulate rows of ``x`` for requests being captured (runs in Python, outside the compiled graph)."""
+    session = _ACTIVE_CAPTURE
+    if session is not None:
+        session.accumulate(layer, x)
+
+
+@capture_op.register_fake
+def _capture_fake(x: torch.Tensor, sink: torch.Tensor, layer: int) -> None:
+    return None
+
+
+# -- per-worker state --------------------------------------------------------------------------------------------
+def find_vllm_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder-layer list of a vLLM model (text models and the common multimodal wrappers)."""
+    for path in ("model.layers", "language_model.model.layers", "model.language_model.layers", "language_model.layers", "transformer.h"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise RuntimeError(f"sidesteer: cannot find decoder layers in {type(model).__name__}")
+
+
+class WorkerSteering:
+    """Slot tables, the per-token slot index and the hooks of one worker."""
+
+    def __init__(self, runner: Any, cfg: dict[str, Any]) -> None:
+        model = runner.get_model()
+        inner = getattr(model, "runnable", model)  # FULL cudagraph wrappers keep the module in .runnable
+        self.layers_list = find_vllm_layers(inner)
+        self.device = next(inner.parameters()).device
+        self.hidden_size = int(cfg["hidden_size"])
+        self.max_slots = int(cfg["max_slots"])
+        self.capture = bool(cfg.get("capture", True))
+        max_tokens = int(runner.scheduler_config.max_num_batched_tokens) + 64
+        self.max_tokens = max_tokens
+        # Per-token slot row; the hook reads slot_index[:num_tokens]. Updated in place only (CUDA-graph replay).
+        self.slot_index = torch.zeros(max_tokens, dtype=torch.long, device=self.device)
+        self._host = np.zeros(max_tokens, dtype=np.int64)
+        self._pinned: list[torch.Tensor] = []
+        self._events: list[Any] = []
+        if self.device.type == "cuda":
+            self._pinned = [torch.zeros(max_tokens, dtype=torch.long).pin_memory() for _ in range(4)]
+            self._events = [None] * 4
+        self._ring = 0
+        self.req_slots: dict[str, int] = {}
+        self.req_capture: dict[str, int] = {}
+        self.tables: dict[int, SlotTables] = {}
+        self.sinks: dict[int, torch.Tensor] = {}
+        self.handles = []
+        for layer in cfg["layers"]:
+            module = self.layers_list[layer]
+            if type(module).__name__ == "PPMissingLayer":  # another pipeline rank owns this layer
+                continue
+            self.tables[layer] = SlotTables.empty(self.max_slots, self.hidden_size, self.device)
+            self.sinks[layer] = torch.zeros(1, device=self.device)
+            self.handles.append(module.register_forward_hook(self._make_hook(layer)))
+        logger.info("sidesteer: hooked %d layers, %d slots, runner %s", len(self.tables), self.max_slots, type(runner).__name__)
+
+    def _make_hook(self, layer: int):
+        tables = self.tables[layer]
+        slot_index = self.slot_index
+        sink = self.sinks[layer]
+        capture = self.capture
+
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            if isinstance(output, tuple) and len(output) == 2 and output[1] is not None:
+                hidden, residual = output  # vLLM layers: the residual stream is hidden + residual
+                stream = hidden.to(torch.float32) + residual.to(torch.float32)  # [num_tokens, hidden]
+            else:
+                hidden, residual = (output[0] if isinstance(output, tuple) else output), None
+                stream = hidden.to(torch.float32)
+            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables)
+            if capture:
+                torch.ops.sidesteer.capture(steered, sink, layer)
+            out = steered.to(hidden.dtype)
+            if residual is None:
+                return (out, *output[1:]) if isinstance(output, tuple) else out
+            # The next layer's fused add+norm sums the two; returning (stream, 0) makes that sum the steered
+            # stream exactly. Never write into the inputs: on GPU the fused norm kernel mutates its arguments.
+            return out, torch.zeros_like(residual)
+
+        return hook
+
+    # -- per step --------------------------------------------------------------------------------------------
+    def update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
+        """Fill the per-token slot index for one forward (request order = the runner's token order)."""
+        for new in getattr(scheduler_output, "scheduled_new_reqs", ()) or ():
+            extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
+            self.req_slots[new.req_id] = int(extra.get(SLOT_ARG, 0))
+            if CAPTURE_ARG in extra:
+                self.req_capture[new.req_id] = int(extra[CAPTURE_ARG])
+        for rid in getattr(scheduler_output, "finished_req_ids", ()) or ():
+            self.req_slots.pop(rid, None)
+            self.req_capture.pop(rid, None)
+        counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
+        total = int(counts.sum())
+        slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        host = self._host
+        host[:total] = np.repeat(slots, counts)
+        host[total:] = 0
+        session = _ACTIVE_CAPTURE
+        if session is not None:
+            cids = np.fromiter((self.req_capture.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
+            session.token_ids = np.repeat(cids, counts)
+        if self.device.type == "cuda":
+            # Ring of pinned buffers: never overwrite host memory an earlier async copy may still be reading.
+            i = self._ring = (self._ring + 1) % len(self._pinned)
+            if self._events[i] is not None:
+                self._events[i].synchronize()
+            self._pinned[i].numpy()[:] = host
+            self.slot_index.copy_(self._pinned[i], non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._events[i] = event
+        else:
+            self.slot_index.copy_(torch.from_numpy(host))
+
+
+def _install(runner: Any) -> None:
+    cfg = (getattr(runner.vllm_config, "additional_config", None) or {}).get(CONFIG_KEY)
+    if cfg and getattr(runner, "_sidesteer", None) is None:
+        runner._sidesteer = WorkerSteering(runner, cfg)
+
+
+def _wrap_load_model(cls: type) -> None:
+    original = cls.__dict__.get("load_model")
+    if original is None or getattr(original, "_sidesteer_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        _install(self)  # hooks exist before the first forward (profiling / compile / warm-up)
+        return result
+
+    load_model._sidesteer_wrapped = True  # type: ignore[attr-defined]
+    cls.load_model = load_model
+
+
+def _wrap_v1_prepare(cls: type) -> None:
+    original = cls.__dict__.get("_prepare_inputs")
+    if original is None or getattr(original, "_sidesteer_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def _prepare_inputs(self: Any, scheduler_output: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> Any:
+        state = getattr(self, "_sidesteer", None)
+        if state is not None:
+            batch = self.input_batch
+            state.update(scheduler_output, list(batch.req_ids[: batch.num_reqs]), num_scheduled_tokens)
+        return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+
+    _prepare_inputs._sidesteer_wrapped = True  # type: ignore[attr-defined]
+    cls._prepare_inputs = _prepare_inputs
+
+
+def _wrap_mrv2_prepare(cls: type) -> None:
+    original = cls.__dict__.get("prepare_inputs")
+    if original is None or getattr(original, "_sidesteer_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def prepare_inputs(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        batch = original(self, scheduler_output, *args, **kwargs)
+        state = getattr(self, "_sidesteer", None)
+        if state is not None:
+            state.update(scheduler_output, list(batch.req_ids), np.asarray(batch.num_scheduled_tokens))
+        return batch
+
+    prepare_inputs._sidesteer_wrapped = True  # type: ignore[attr-defined]
+    cls.prepare_inputs = prepare_inputs
+
+
+def patch_runners() -> list[str]:
+    """Wrap every model-runner class this vLLM has (idempotent). Returns the wrapped class names."""
+    done = []
+    try:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1Runner
+
+        _wrap_load_model(V1Runner)
+        _wrap_v1_prepare(V1Runner)
+        done.append("v1")
+    except ImportError:
+        pass
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+        _wrap_load_model(CPUModelRunner)
+        done.append("cpu")
+    except ImportError:
+        pass
+    try:
+        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+
+        _wrap_load_model(V2Runner)
+        _wrap_mrv2_prepare(V2Runner)
+        done.append("mrv2")
+    except Exception:  # MRV2 needs CUDA-only imports on some builds
+        pass
+    return done
+
+
+PATCHED = patch_runners()
+
+
+def _bytes_to_rows(payload: dict[str, Any], hidden: int) -> dict[str, torch.Tensor]:
+    rows: dict[str, torch.Tensor] = {}
+    for name in ROW_FIELDS:
+        value = payload[name]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            t = torch.frombuffer(bytearray(value), dtype=torch.float32)
+            if t.numel() != hidden:
+                raise ValueError(f"sidesteer: {name} has {t.numel()} floats, expected {hidden}")
+        else:
+            t = torch.tensor(float(value), dtype=torch.float32)
+        rows[name] = t
+    return rows
+
+
+class SteeringWorkerExtension:
+    """Methods the driver calls through ``collective_rpc`` (all prefixed ``steer_``, all idempotent)."""
+
+    def _steer_state(self) -> WorkerSteering:
+        runner = self.model_runner  # type: ignore[attr-defined]
+        state = getattr(runner, "_sidesteer", None)
+        if state is None:
+            raise RuntimeError("sidesteer: steering hooks are not installed in this worker (additional_config missing?)")
+        return state
+
+    def steer_info(self) -> dict[str, Any]:
+        """What this worker has installed."""
+        state = self._steer_state()
+        return {
+            "layers": sorted(state.tables),
+            "max_slots": state.max_slots,
+            "hidden_size": state.hidden_size,
+            "runner": type(self.model_runner).__name__,  # type: ignore[attr-defined]
+            "patched": PATCHED,
+            "device": str(state.device),
+        }
+
+    def steer_write_slot(self, slot: int, layers: dict[Any, dict[str, Any]]) -> bool:
+        """Write slot ``slot`` in place: the given layers get their rows, every other hooked layer the no-op row."""
+        state = self._steer_state()
+        if not 1 <= int(slot) <= state.max_slots:
+            raise ValueError(f"sidesteer: slot {slot} out of range 1..{state.max_slots}")
+        parsed = {int(layer): _bytes_to_rows(rows, state.hidden_size) for layer, rows in layers.items()}
+        unknown = set(parsed) - set(state.tables)
+        if unknown:
+            raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
+        with torch.no_grad():
+            for layer, tables in state.tables.items():
+                rows = parsed.get(layer)
+                for name in ROW_FIELDS:
+                    target = getattr(tables, name)[int(slot)]
+                    if rows is None:
+                        target.fill_({"cap_min": float("-inf"), "cap_max": float("inf"), "abl_scale": 1.0}.get(name, 0.0))
+                    else:
+                        target.copy_(rows[name].to(target.device))
+        if state.device.type == "cuda":
+            torch.cuda.synchronize(state.device)
+        return True
+
+    def steer_read_slot(self, slot: int) -> dict[int, dict[str, list[float] | float]]:
+        """The non-empty layer rows of slot ``slot`` (to verify what the driver wrote)."""
+        state = self._steer_state()
+        out: dict[int, dict[str, list[float] | float]] = {}
+        for layer, tables in state.tables.items():
+            row = {name: getattr(tables, name)[int(slot)].cpu() for name in ROW_FIELDS}
+            if any(bool(row[n].abs().sum() > 0) for n in ("add", "cap_dir", "abl_dir")):
+                out[layer] = {n: (row[n].tolist() if row[n].dim() else float(row[n])) for n in ROW_FIELDS}
+        return out
+
+    def steer_capture_begin(self, layers: list[int]) -> bool:
+        """Start accumulating layer outputs of requests that carry a capture id."""
+        global _ACTIVE_CAPTURE
+        state = self._steer_state()
+        if not state.capture:
+            raise RuntimeError("sidesteer: activation capture is off (VLLMSteeringConfig.capture=False)")
+        missing = set(layers) - set(state.tables)
+        if missing:
+            raise ValueError(f"sidesteer: layers {sorted(missing)} are not hooked")
+        _ACTIVE_CAPTURE = _CaptureSession([int(x) for x in layers])
+        return True
+
+    def steer_capture_end(self) -> dict[int, dict[int, tuple[bytes, int]]]:
+        """Stop capturing; per layer and capture id: (float64 sum bytes, token count)."""
+        global _ACTIVE_CAPTURE
+        session, _ACTIVE_CAPTURE = _ACTIVE_CAPTURE, None
+        if session is None:
+            return {}
+        return {
+            layer: {cid: (np.asarray(total, dtype=np.float64).tobytes(), session.counts[layer][cid]) for cid, total in per.items()}
+            for layer, per in session.sums.items()
+        }
