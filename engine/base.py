@@ -323,7 +323,10 @@ class SteerableModel(abc.ABC):
         return self._generate([list(map(int, p)) for p in prompt_token_ids], config, specs)
 
     def mean_activations(self, prompts: Sequence[Prompt], layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Mean output residual stream at each layer: averaged over each prompt's tokens, then over prompts.
+        """Mean output residual stream at each layer: over each prompt's tokens, then over prompts.
+
+        The first token of each prompt (longer than one token) is left out: it is an attention sink with an outsized
+        norm in most LMs, which would swamp the mean.
 
         Unsteered. Returns float32 CPU tensors ``[hidden]``.
         """

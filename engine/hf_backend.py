@@ -244,7 +244,11 @@ class HFSteerModel(SteerableModel):
                     ids, mask = self._pad(chunk)
                     positions = (mask.cumsum(-1) - 1).clamp(min=0)
                     self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-                    weights = mask.to(torch.float32) / mask.sum(-1, keepdim=True)  # [batch, seq]: mean over each prompt's tokens
+                    # Mean over each prompt's tokens after the first: position 0 is an attention sink whose
+                    # outsized norm would otherwise dominate differences between prompts of different lengths.
+                    first = (mask.cumsum(-1) == 1) & (mask.sum(-1, keepdim=True) > 1)
+                    keep = mask.masked_fill(first, 0).to(torch.float32)
+                    weights = keep / keep.sum(-1, keepdim=True)  # [batch, seq]
                     for layer in layers:
                         sums[layer] += torch.einsum("bt,bth->h", weights, captured[layer]).double().cpu()
             finally:

@@ -27,7 +27,7 @@ import torch
 
 from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent
 from engine.steering_ops import ROW_FIELDS, layer_rows
-from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SLOT_ARG
+from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
 from vectors import SteeringError, SteeringSpec
 
 EXTENSION = "engine.vllm_worker.SteeringWorkerExtension"
@@ -347,6 +347,7 @@ class VLLMSteerModel(SteerableModel):
                     req.params.extra_args = {SLOT_ARG: req.slot}
                     if req.capture_id is not None:
                         req.params.extra_args[CAPTURE_ARG] = req.capture_id
+                        req.params.extra_args[SKIP_FIRST_ARG] = len(req.prompt_ids) > 1
                     prompt: dict[str, Any] = {"prompt_token_ids": req.prompt_ids}
                     if req.salt:
                         prompt["cache_salt"] = req.salt
@@ -459,9 +460,9 @@ class VLLMSteerModel(SteerableModel):
             self._call(lambda: self.engine.collective_rpc("steer_capture_begin", args=(layers,)))
             try:
                 job = _Job()
-                salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
                 config = GenerationConfig(max_new_tokens=1)
                 for index, ids in enumerate(prompt_ids):
+                    salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
                     job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, ids, self._params(config, index, 1), None, job, capture_id=index, salt=salt))
                 job.remaining = len(job.requests)
                 self._inbox.put(("job", job))

@@ -29,6 +29,7 @@ logger = logging.getLogger("sidesteer.vllm_worker")
 CONFIG_KEY = "sidesteer"  # key in vLLM's additional_config (also keys the AOT compile cache)
 SLOT_ARG = "sidesteer_slot"  # SamplingParams.extra_args key: the request's steering slot (0 = none)
 CAPTURE_ARG = "sidesteer_capture"  # SamplingParams.extra_args key: activation-capture id of the request
+SKIP_FIRST_ARG = "sidesteer_capture_skip_first"  # leave the prompt's first token (attention sink) out of the capture
 
 
 # -- activation capture: an opaque custom op, so the compiled graph calls back into Python ------------------------
@@ -112,6 +113,7 @@ class WorkerSteering:
         self._ring = 0
         self.req_slots: dict[str, int] = {}
         self.req_capture: dict[str, int] = {}
+        self.req_skip_first: set[str] = set()  # capture requests whose position-0 token is still to come
         self.tables: dict[int, SlotTables] = {}
         self.sinks: dict[int, torch.Tensor] = {}
         self.handles = []
@@ -157,9 +159,12 @@ class WorkerSteering:
             self.req_slots[new.req_id] = int(extra.get(SLOT_ARG, 0))
             if CAPTURE_ARG in extra:
                 self.req_capture[new.req_id] = int(extra[CAPTURE_ARG])
+                if extra.get(SKIP_FIRST_ARG) and int(getattr(new, "num_computed_tokens", 0) or 0) == 0:
+                    self.req_skip_first.add(new.req_id)
         for rid in getattr(scheduler_output, "finished_req_ids", ()) or ():
             self.req_slots.pop(rid, None)
             self.req_capture.pop(rid, None)
+            self.req_skip_first.discard(rid)
         counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
         total = int(counts.sum())
         slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
@@ -169,7 +174,13 @@ class WorkerSteering:
         session = _ACTIVE_CAPTURE
         if session is not None:
             cids = np.fromiter((self.req_capture.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
-            session.token_ids = np.repeat(cids, counts)
+            token_ids = np.repeat(cids, counts)
+            starts = np.cumsum(counts) - counts
+            for i, rid in enumerate(req_ids):
+                if rid in self.req_skip_first and counts[i] > 0:
+                    token_ids[starts[i]] = -1  # position 0 of the prompt
+                    self.req_skip_first.discard(rid)
+            session.token_ids = token_ids
         if self.device.type == "cuda":
             # Ring of pinned buffers: never overwrite host memory an earlier async copy may still be reading.
             i = self._ring = (self._ring + 1) % len(self._pinned)

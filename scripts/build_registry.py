@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from engine import GenerationConfig, HFSteerModel, mean_difference
-from vectors import SteeringError, SteeringSpec, VectorRegistry
+from engine import GenerationConfig, HFSteerModel, mean_difference  # noqa: E402  (after the sys.path line)
+from vectors import SteeringError, SteeringSpec, VectorRegistry  # noqa: E402
 
 DEMO_PROMPT = [{"role": "user", "content": "Tell me about your day."}]
 

@@ -36,7 +36,7 @@ def test_round_trip_bit_exact_with_scale_baked_in(tmp_path: Path) -> None:
     assert all(layer.scale == 1.0 for layer in back.layers.values())
     assert back.model_id == "m/x" and back.hidden_size == 8
     # the equivalent formulations agree: the file's vectors at scale 1 steer like the original spec
-    assert back.fingerprint() == SteeringSpec({i: LayerSteeringSpec(vector=l.vector * torch.tensor(l.scale)) for i, l in spec.layers.items()}).fingerprint()
+    assert back.fingerprint() == SteeringSpec({i: LayerSteeringSpec(vector=ls.vector * torch.tensor(ls.scale)) for i, ls in spec.layers.items()}).fingerprint()
 
 
 def test_layer_numbering_matches_llamacpp(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def as_vector(value: Any, field_name: str, *, direction: bool = False) -> torch.
         )
     if t.numel() == 0:
         raise SteeringError(f"{field_name}: the vector is empty; pass hidden_size floats")
-    t = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    t = t.detach().to(device="cpu", dtype=torch.float32).clone()  # the spec owns its tensors
     if not bool(torch.isfinite(t).all()):
         raise SteeringError(f"{field_name}: the vector holds NaN or Inf values; recompute it from finite activations")
     if direction and float(t.norm()) < MIN_DIRECTION_NORM:
