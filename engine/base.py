@@ -37,6 +37,8 @@ class GenerationConfig:
         top_p: Nucleus sampling mass in (0, 1].
         seed: Base seed; prompt ``i`` samples with ``seed + i`` so results do not depend on batch composition.
         ignore_eos: Keep generating past end-of-sequence (fixed output lengths, for benchmarks).
+        seeds: One seed per prompt of the call, replacing ``seed + i`` (rollouts fix a seed per record, whatever
+            batch it lands in). Its length must equal the number of prompts.
     """
 
     max_new_tokens: int = 64
@@ -44,6 +46,7 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = 0
     ignore_eos: bool = False
+    seeds: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -56,10 +59,24 @@ class GenerationConfig:
             raise SteeringError(f"top_p: {self.top_p} is outside (0, 1]; use 1.0 to disable nucleus sampling")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise SteeringError(f"seed: {self.seed!r} is not a non-negative integer; pass e.g. 0 or None")
+        if self.seeds is not None:
+            if isinstance(self.seeds, (str, bytes)) or not isinstance(self.seeds, Sequence):
+                raise SteeringError(f"seeds: {self.seeds!r:.80} is not a list of integers; pass one seed per prompt or None")
+            bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63]
+            if bad:
+                raise SteeringError(f"seeds: {bad[0]!r} is not an integer in [0, 2**63); pass one non-negative int per prompt")
+            self.seeds = tuple(self.seeds)
 
     def seed_for(self, index: int) -> int | None:
-        """The seed of prompt ``index``."""
+        """The seed of prompt ``index``: ``seeds[index]`` when given, else ``seed + index``."""
+        if self.seeds is not None:
+            return self.seeds[index]
         return None if self.seed is None else self.seed + index
+
+    def check_num_prompts(self, num_prompts: int) -> None:
+        """Refuse ``seeds`` of the wrong length for a call with ``num_prompts`` prompts."""
+        if self.seeds is not None and len(self.seeds) != num_prompts:
+            raise SteeringError(f"seeds: {len(self.seeds)} seeds for {num_prompts} prompts; pass one seed per prompt")
 
 
 @dataclass
@@ -287,6 +304,7 @@ class SteerableModel(abc.ABC):
         config = config or GenerationConfig()
         if not isinstance(config, GenerationConfig):
             raise SteeringError(f"config: expected a GenerationConfig, got {type(config).__name__}")
+        config.check_num_prompts(len(prompts))
         specs = self.resolve_steering(len(prompts), steering)
         return [self.encode_prompt(p) for p in prompts], config, specs
 
@@ -319,6 +337,7 @@ class SteerableModel(abc.ABC):
     def generate_token_ids(self, prompt_token_ids: Sequence[Sequence[int]], config: GenerationConfig | None = None, *, steering: SteeringArg = None) -> list[Generation]:
         """:meth:`generate` on already tokenised prompts (benchmarks, parity tests)."""
         config = config or GenerationConfig()
+        config.check_num_prompts(len(prompt_token_ids))
         specs = self.resolve_steering(len(prompt_token_ids), steering)
         return self._generate([list(map(int, p)) for p in prompt_token_ids], config, specs)
 
