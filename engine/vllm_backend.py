@@ -383,7 +383,7 @@ class VLLMSteerModel(SteerableModel):
             )
         return spec
 
-    def _params(self, config: GenerationConfig, index: int, max_tokens: int | None = None) -> Any:
+    def _params(self, config: GenerationConfig, index: int, max_tokens: int | None = None, stream: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -395,17 +395,19 @@ class VLLMSteerModel(SteerableModel):
             ignore_eos=config.ignore_eos,
             stop_token_ids=[] if config.ignore_eos else sorted(self._eos_ids),
             detokenize=False,
-            output_kind=RequestOutputKind.DELTA,
+            # Streaming needs every step's tokens; a plain generate only the final ones (1024 requests x DELTA
+            # outputs per step cost the driver more than an H100 decode step of a small model).
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
 
-    def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> _Job:
+    def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False) -> _Job:
         self._raise_if_dead()
         job = _Job()
         for index, (ids, spec) in enumerate(zip(prompt_ids, specs, strict=True)):
             if not ids:
                 raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
             salt = None if spec is None else "sidesteer-" + spec.fingerprint()[:32]
-            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index), spec, job, salt=salt))
+            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt))
         job.remaining = len(job.requests)
         self._inbox.put(("job", job))
         return job
@@ -444,7 +446,7 @@ class VLLMSteerModel(SteerableModel):
 
     def _generate_stream(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[StreamEvent]:
         decoders = [IncrementalDecoder(self.tokenizer) for _ in prompt_ids]
-        for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs)):
+        for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs, stream=True)):
             delta = decoders[index].push(ids, final=finished)
             fin = ("stop" if reason == "stop" else "length") if finished else None
             yield StreamEvent(index, delta, list(decoders[index].ids), finished, fin)  # type: ignore[arg-type]

@@ -1,0 +1,164 @@
+"""The multi-layer spec editor: table rows <-> :class:`~vectors.SteeringSpec`.
+
+One row per layer. Vectors are named, not pasted: a name is a registry vector, or an ``file:...`` name standing for a
+vector that came in with an imported spec file and is not in the registry (those tensors live in the session's
+``imported`` dict, never on disk). Empty cells mean "no such op".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringError, SteeringSpec, VectorRegistry
+from vectors.registry import VectorEntry
+
+COLUMNS = ["layer", "vector", "scale", "cap vector", "cap min", "cap max", "ablation vector", "ablation scale"]
+DATATYPES = ["number", "str", "number", "str", "number", "number", "str", "number"]
+# Registry names start with a letter or digit and never hold ':', so this prefix cannot clash with one.
+IMPORTED_PREFIX = "file:"
+
+Rows = list[list[Any]]
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and math.isnan(value))
+
+
+def _number(value: Any, where: str) -> float | None:
+    if _is_blank(value):
+        return None
+    try:
+        out = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteeringError(f"{where}: {value!r} is not a number; type a number or leave the cell empty") from exc
+    if not math.isfinite(out):
+        raise SteeringError(f"{where}: {out} is not finite; type a finite number")
+    return out
+
+
+def _layer(value: Any, where: str) -> int:
+    number = _number(value, where)
+    if number is None:
+        raise SteeringError(f"{where}: the layer is empty; type a 0-based decoder layer number")
+    if not number.is_integer() or number < 0:
+        raise SteeringError(f"{where}: {value!r} is not a 0-based layer index; type a whole number >= 0")
+    return int(number)
+
+
+def _name(value: Any) -> str | None:
+    return None if _is_blank(value) else str(value).strip()
+
+
+@dataclass
+class VectorSource:
+    """Resolves vector names for the editor: session-imported vectors first, then the registry."""
+
+    registry: VectorRegistry
+    imported: Mapping[str, torch.Tensor]
+
+    def get(self, name: str, where: str) -> torch.Tensor:
+        """The tensor called ``name``.
+
+        Raises:
+            SteeringError: Unknown name (the registry's message lists the available ones).
+        """
+        if name.startswith(IMPORTED_PREFIX):
+            if name not in self.imported:
+                raise SteeringError(f"{where}: {name!r} is not among this session's imported vectors; import the spec file again")
+            return self.imported[name]
+        try:
+            return self.registry.get(name).vector
+        except SteeringError as exc:
+            raise SteeringError(f"{where}: {exc}") from exc
+
+
+def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None = None) -> SteeringSpec:
+    """Build a spec from editor rows.
+
+    Args:
+        rows: List of rows in :data:`COLUMNS` order (as a ``gr.Dataframe(type="array")`` gives them), or a
+            ``{"headers": ..., "data": ...}`` dict as API clients send it.
+        source: Where vector names are looked up.
+        metadata: Model id / description for the spec.
+
+    Returns:
+        The spec (not yet checked against a model).
+
+    Raises:
+        SteeringError: A bad cell (the message names the row and column), a repeated layer, or no ops at all.
+    """
+    if isinstance(rows, Mapping):
+        rows = rows.get("data") or []
+    layers: dict[int, LayerSteeringSpec] = {}
+    for number, row in enumerate(rows or [], start=1):
+        cells = list(row) + [None] * (len(COLUMNS) - len(row))
+        if all(_is_blank(c) for c in cells):
+            continue  # the empty row the table keeps for typing
+        where = f"spec editor row {number}"
+        layer = _layer(cells[0], f"{where}, layer")
+        if layer in layers:
+            raise SteeringError(f"{where}: layer {layer} appears twice; put all ops of a layer in one row")
+        vector_name, cap_name, ablation_name = _name(cells[1]), _name(cells[3]), _name(cells[6])
+        scale = _number(cells[2], f"{where}, scale")
+        cap = None
+        if cap_name is not None:
+            cap = ProjectionCapSpec(source.get(cap_name, f"{where}, cap vector"), _number(cells[4], f"{where}, cap min"), _number(cells[5], f"{where}, cap max"))
+        elif not (_is_blank(cells[4]) and _is_blank(cells[5])):
+            raise SteeringError(f"{where}: cap min/max are set but no cap vector is named; name one or clear the bounds")
+        ablation = None
+        if ablation_name is not None:
+            ablation_scale = _number(cells[7], f"{where}, ablation scale")
+            ablation = AblationSpec(source.get(ablation_name, f"{where}, ablation vector"), 0.0 if ablation_scale is None else ablation_scale)
+        vector = None if vector_name is None else source.get(vector_name, f"{where}, vector")
+        try:
+            layers[layer] = LayerSteeringSpec(vector=vector, scale=1.0 if scale is None else scale, projection_cap=cap, ablation=ablation)
+        except SteeringError as exc:
+            raise SteeringError(f"{where}: {exc}") from exc
+    spec = SteeringSpec(layers, metadata or SpecMetadata())
+    if spec.is_empty():
+        raise SteeringError("spec editor: no row holds a vector, cap or ablation; add a row or switch to quick mode")
+    return spec
+
+
+def spec_to_rows(spec: SteeringSpec, entries: Sequence[VectorEntry]) -> tuple[Rows, dict[str, torch.Tensor]]:
+    """Editor rows for ``spec``; vectors equal to a registry vector get its name, others a ``file:`` name.
+
+    Args:
+        spec: The spec to show.
+        entries: Registry vectors to match tensors against (exact float32 equality).
+
+    Returns:
+        ``(rows, imported)``: the rows, and the ``file:`` name -> tensor map the rows refer to.
+    """
+    imported: dict[str, torch.Tensor] = {}
+
+    def name_for(tensor: torch.Tensor | None, label: str) -> str | None:
+        if tensor is None:
+            return None
+        for entry in entries:
+            if entry.vector.shape == tensor.shape and torch.equal(entry.vector, tensor):
+                return entry.name
+        name = f"{IMPORTED_PREFIX}{label}"
+        imported[name] = tensor
+        return name
+
+    rows: Rows = []
+    for index in spec.active_layers():
+        layer = spec.layers[index]
+        cap, ablation = layer.projection_cap, layer.ablation
+        rows.append([
+            index,
+            name_for(layer.vector, f"L{index}.vector"),
+            layer.scale if layer.vector is not None else None,
+            name_for(cap.vector if cap else None, f"L{index}.cap"),
+            cap.min if cap else None,
+            cap.max if cap else None,
+            name_for(ablation.vector if ablation else None, f"L{index}.ablation"),
+            ablation.scale if ablation else None,
+        ])
+    return rows, imported

@@ -1,0 +1,400 @@
+"""Throughput and latency of steered generation against the unsteered vLLM ceiling (issue 5).
+
+One process, one workload (random prompt token ids, fixed output length: EOS is ignored), two vLLM engines alive
+side by side on the same device with identical settings:
+
+- the *ceiling*: plain ``vllm.LLM`` without the worker extension (no hooks, no slot tables, vLLM's own driver);
+- the *steered engine*: :class:`engine.VLLMSteerModel` (hooks and slot tables on every layer).
+
+Each round times every configuration once, in an order rotated per round, so slow drift of the machine (clocks,
+thermals, other tenants) hits every configuration alike. A configuration's score is the median over rounds of its
+throughput divided by the ceiling's throughput *in the same round* (a paired ratio); the spread is the min..max of
+those per-round ratios. Pairing removes the round-to-round drift that makes single runs vary by +-10%, so the spread
+of the ratio is what tells whether a 3% difference is resolved.
+
+The transformers backend runs the same prompts and lengths on a subset (``--hf-prompts``); its throughput is
+tokens per second of that subset (batching more would only help it up to memory), marked as extrapolated.
+
+Usage:
+    python scripts/benchmark.py --model random:qwen3-0.6b --dtype bfloat16 --prompts 1024 --input-len 64 \
+        --output-len 128 --rounds 5 --json docs/bench/h100-qwen3-0.6b.json
+    python scripts/benchmark.py --model default --prompts 32 --input-len 32 --output-len 32 --rounds 5   # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import GenerationConfig  # noqa: E402
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec  # noqa: E402
+
+# Architectures for random-weight models (fine for throughput: weights do not change the work done).
+ARCHS: dict[str, dict[str, Any]] = {
+    "qwen3-tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, intermediate_size=768, vocab_size=49152, tie_word_embeddings=True),
+    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True),
+    "qwen3-8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False),
+}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def build_random_model(arch: str, tokenizer_dir: str, out_root: str, dtype: str = "bfloat16", weights: bool = False, seed: int = 0) -> str:
+    """A Qwen3-architecture checkpoint folder built from a named config.
+
+    Args:
+        arch: Key of :data:`ARCHS`.
+        tokenizer_dir: Folder whose tokenizer files are copied in (token ids above its vocabulary still work: output
+            is never detokenized in benchmarks).
+        out_root: Where the folder is created.
+        dtype: ``torch_dtype`` recorded in the config.
+        weights: Save random weights (needed when two backends must share them, e.g. parity). Without weights the
+            caller loads with vLLM's ``load_format="dummy"``.
+        seed: Weight init seed.
+
+    Returns:
+        The folder path.
+    """
+    import shutil
+
+    from transformers import Qwen3Config
+
+    out = Path(out_root) / f"random-{arch}-{dtype}{'-w' if weights else ''}"
+    if (out / "config.json").exists():
+        return str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = Qwen3Config(**ARCHS[arch], max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6, torch_dtype=dtype)
+    config.architectures = ["Qwen3ForCausalLM"]  # without it vLLM may not pick the generative runner
+    if weights:
+        from transformers import Qwen3ForCausalLM
+
+        torch.manual_seed(seed)
+        model = Qwen3ForCausalLM(config).to(getattr(torch, dtype))
+        model.save_pretrained(out)
+        del model
+    else:
+        config.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).exists():
+            shutil.copy(Path(tokenizer_dir) / name, out / name)
+    return str(out)
+
+
+def resolve_model(name: str, tokenizer_dir: str | None, work_dir: str, dtype: str) -> tuple[str, bool]:
+    """``(path, dummy_weights)`` for ``--model``: a folder, ``default``, or ``random:ARCH``."""
+    if name.startswith("random:"):
+        from engine.default_model import resolve_model_path
+
+        tok = tokenizer_dir or resolve_model_path("default")
+        return build_random_model(name.split(":", 1)[1], tok, work_dir, "bfloat16" if dtype == "auto" else dtype), True
+    return name, False
+
+
+# -- steering configurations ---------------------------------------------------------------------------------------
+def unit(hidden: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(hidden, generator=g)
+    return v / v.norm()
+
+
+def spec_one_layer(num_layers: int, hidden: int, scale: float = 4.0, seed: int = 1) -> SteeringSpec:
+    return SteeringSpec.single(num_layers // 2, unit(hidden, seed), scale)
+
+
+def spec_every_layer(num_layers: int, hidden: int) -> SteeringSpec:
+    layers = {
+        layer: LayerSteeringSpec(
+            vector=unit(hidden, 100 + layer),
+            scale=2.0,
+            projection_cap=ProjectionCapSpec(unit(hidden, 200 + layer), min=-1.0, max=1.0),
+            ablation=AblationSpec(unit(hidden, 300 + layer), scale=0.0),
+        )
+        for layer in range(num_layers)
+    }
+    return SteeringSpec(layers=layers)
+
+
+def configurations(num_layers: int, hidden: int, n: int) -> dict[str, list[SteeringSpec | None]]:
+    """Per-prompt steering for each steered-engine configuration (None = unsteered request)."""
+    one = spec_one_layer(num_layers, hidden)
+    every = spec_every_layer(num_layers, hidden)
+    out: dict[str, list[SteeringSpec | None]] = {
+        "idle": [None] * n,
+        "one_layer": [one] * n,
+        "every_layer_add_cap_ablate": [every] * n,
+        "compare_half": [None if i % 2 == 0 else one for i in range(n)],
+    }
+    for k in (2, 8, 32):
+        specs = [spec_one_layer(num_layers, hidden, seed=10 + j) for j in range(k)]
+        out[f"distinct_specs_{k}"] = [specs[i % k] for i in range(n)]
+    sweep = [one.scaled(s) for s in np.linspace(-5.0, 5.0, 51)]
+    out["sweep_51_scales"] = [sweep[i % 51] for i in range(n)]
+    return out
+
+
+# -- measurement ---------------------------------------------------------------------------------------------------
+def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    """``(seconds, generated tokens)`` of one call."""
+    t0 = time.perf_counter()
+    tokens = fn()
+    return time.perf_counter() - t0, tokens
+
+
+def plain_engine(args: dict[str, Any]) -> Any:
+    from vllm import LLM
+
+    return LLM(**args)
+
+
+def plain_generate(llm: Any, prompts: list[list[int]], output_len: int) -> int:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=output_len, min_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    return sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) -> tuple[float, float]:
+    """TTFT and median inter-token latency (seconds) of a batch streamed through the plain engine."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = llm.llm_engine
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
+    t0 = time.perf_counter()
+    ids = [f"lat-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
+    for rid, p in zip(ids, prompts, strict=True):
+        engine.add_request(rid, {"prompt_token_ids": p}, params)
+    stamps: dict[str, list[float]] = {rid: [] for rid in ids}
+    done = 0
+    while done < len(ids):
+        for out in engine.step():
+            if out.request_id in stamps and out.outputs and out.outputs[0].token_ids:
+                stamps[out.request_id].append(time.perf_counter())
+            done += int(out.finished)
+    return latency_stats(t0, list(stamps.values()))
+
+
+def steered_stream_latency(model: Any, prompts: list[list[int]], output_len: int, steering: list[SteeringSpec | None]) -> tuple[float, float]:
+    """TTFT and median inter-token latency through ``VLLMSteerModel``'s streaming path."""
+    config = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
+    ids, _, specs = [list(p) for p in prompts], config, model.resolve_steering(len(prompts), steering)
+    stamps: list[list[float]] = [[] for _ in prompts]
+    t0 = time.perf_counter()
+    for event in model._generate_stream(ids, config, specs):
+        stamps[event.index].append(time.perf_counter())
+    return latency_stats(t0, stamps)
+
+
+def latency_stats(t0: float, stamps: list[list[float]]) -> tuple[float, float]:
+    ttft = max(s[0] for s in stamps) - t0  # the pair's TTFT: both panes have their first token
+    gaps = [b - a for s in stamps for a, b in zip(s, s[1:])]
+    return ttft, statistics.median(gaps) if gaps else float("nan")
+
+
+def summarize(samples: dict[str, list[float]], ceiling: str = "unsteered") -> dict[str, dict[str, float]]:
+    """Median throughput and paired per-round ratios to the ceiling (median, min, max)."""
+    base = samples[ceiling]
+    out = {}
+    for name, tps in samples.items():
+        ratios = [t / b for t, b in zip(tps, base)]
+        out[name] = {
+            "tok_s_median": statistics.median(tps),
+            "tok_s_min": min(tps),
+            "tok_s_max": max(tps),
+            "pct_of_ceiling_median": 100 * statistics.median(ratios),
+            "pct_of_ceiling_min": 100 * min(ratios),
+            "pct_of_ceiling_max": 100 * max(ratios),
+            "rounds": len(tps),
+        }
+    return out
+
+
+def print_table(summary: dict[str, dict[str, float]], extra: dict[str, dict[str, Any]]) -> None:
+    print(f"\n{'configuration':32s} {'tok/s (median)':>15s} {'tok/s spread':>22s} {'% ceiling':>10s} {'paired spread %':>18s}")
+    for name, s in summary.items():
+        spread = f"{s['tok_s_min']:.0f}..{s['tok_s_max']:.0f}"
+        pspread = f"{s['pct_of_ceiling_min']:.1f}..{s['pct_of_ceiling_max']:.1f}"
+        print(f"{name:32s} {s['tok_s_median']:15.0f} {spread:>22s} {s['pct_of_ceiling_median']:9.1f}% {pspread:>18s}")
+    for name, s in extra.items():
+        print(f"{name:32s} {s['tok_s']:15.1f} {'(' + s['note'] + ')':>22s} {s['pct_of_ceiling']:9.2f}%")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="folder, 'default', or 'random:ARCH' (" + ", ".join(ARCHS) + ")")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder for random models (default: the default model's)")
+    p.add_argument("--prompts", type=int, default=1024)
+    p.add_argument("--input-len", type=int, default=64)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--prefix-caching", action="store_true", help="enable prefix caching (off by default: random prompts share nothing anyway)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="per engine (two engines share the device)")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-slots", type=int, default=64)
+    p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
+    p.add_argument("--hf-rounds", type=int, default=1)
+    p.add_argument("--latency-rounds", type=int, default=5)
+    p.add_argument("--only", default=None, help="comma-separated configurations to run (default: all)")
+    p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
+    p.add_argument("--json", default=None, help="write results here (rewritten after every round)")
+    a = p.parse_args(argv)
+
+    from engine import HFSteerModel, VLLMSteerModel, VLLMSteeringConfig
+
+    on_cuda = torch.cuda.is_available()
+    path, dummy = resolve_model(a.model, a.tokenizer, a.work_dir, a.dtype)
+    max_len = a.max_model_len or (a.input_len + a.output_len + 16)
+    util = a.gpu_memory_utilization or (0.4 if on_cuda else 0.15)
+    cfg = VLLMSteeringConfig(
+        model_name=path,
+        dtype=a.dtype,
+        max_model_len=max_len,
+        gpu_memory_utilization=util,
+        enable_prefix_caching=a.prefix_caching,
+        max_slots=a.max_slots,
+        engine_kwargs={"load_format": "dummy"} if dummy else {},
+    )
+    t = time.perf_counter()
+    steer = VLLMSteerModel(cfg)
+    start_steered = time.perf_counter() - t
+    plain_args = steer._engine_args()
+    plain_args.pop("worker_extension_cls")
+    plain_args.pop("additional_config")
+    t = time.perf_counter()
+    plain = plain_engine(plain_args)
+    start_plain = time.perf_counter() - t
+
+    num_layers, hidden = steer.num_layers, steer.hidden_size
+    vocab = min(len(steer.tokenizer), int(getattr(steer.tokenizer, "vocab_size", 1 << 30)))
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(100, vocab - 1, size=(a.prompts, a.input_len)).tolist()
+    gen = GenerationConfig(max_new_tokens=a.output_len, ignore_eos=True)
+    confs = configurations(num_layers, hidden, a.prompts)
+    if a.only:
+        keep = set(a.only.split(","))
+        confs = {k: v for k, v in confs.items() if k in keep}
+
+    def steered_run(specs: list[SteeringSpec | None]) -> Callable[[], int]:
+        return lambda: sum(g.num_tokens for g in steer.generate_token_ids(prompts, gen, steering=specs))
+
+    runs: dict[str, Callable[[], int]] = {"unsteered": lambda: plain_generate(plain, prompts, a.output_len)}
+    runs.update({name: steered_run(specs) for name, specs in confs.items()})
+    expected = a.prompts * a.output_len
+    # Warm-up: one pass of each (first-use slot uploads, allocator, caches).
+    for name, fn in runs.items():
+        _, n = timed(fn)
+        if n != expected:
+            raise RuntimeError(f"{name}: generated {n} tokens, expected {expected} (fixed lengths are required)")
+
+    import vllm
+
+    result: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "device": torch.cuda.get_device_name(0) if on_cuda else platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "vllm": vllm.__version__,
+        },
+        "workload": {"model": a.model, "path": path, "dummy_weights": dummy, "dtype": a.dtype, "prompts": a.prompts, "input_len": a.input_len, "output_len": a.output_len, "prefix_caching": a.prefix_caching, "gpu_memory_utilization_per_engine": util, "max_slots": a.max_slots},
+        "steered_engine": {"runner": steer.worker_info.get("runner"), "hooked_layers": len(steer.worker_info.get("layers", [])), "start_s": start_steered},
+        "plain_engine": {"start_s": start_plain},
+        "method": "two engines alive side by side; rounds time every configuration once in rotated order; % of ceiling = median over rounds of (config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios",
+    }
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(a.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            secs, n = timed(runs[name])
+            samples[name].append(n / secs)
+        result["samples_tok_s"] = samples
+        result["summary"] = summarize(samples)
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(result, indent=1))
+        print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
+
+    # Latency of one compare pair (2 requests, same prompt): steered pair vs the ceiling's unsteered pair.
+    if a.latency_rounds:
+        pair = [prompts[0], prompts[0]]
+        one = spec_one_layer(num_layers, hidden)
+        lat: dict[str, list[tuple[float, float]]] = {"unsteered_pair": [], "compare_pair": [], "idle_pair": []}
+        for _ in range(a.latency_rounds):
+            lat["unsteered_pair"].append(plain_stream_latency(plain, pair, a.output_len))
+            lat["compare_pair"].append(steered_stream_latency(steer, pair, a.output_len, [None, one]))
+            lat["idle_pair"].append(steered_stream_latency(steer, pair, a.output_len, [None, None]))
+        result["latency"] = {
+            k: {"ttft_ms_median": 1000 * statistics.median(x[0] for x in v), "itl_ms_median": 1000 * statistics.median(x[1] for x in v), "samples": v}
+            for k, v in lat.items()
+        }
+        base = result["latency"]["unsteered_pair"]
+        for k, v in result["latency"].items():
+            v["ttft_pct_of_unsteered"] = 100 * v["ttft_ms_median"] / base["ttft_ms_median"]
+            v["itl_pct_of_unsteered"] = 100 * v["itl_ms_median"] / base["itl_ms_median"]
+
+    ceiling = result["summary"]["unsteered"]["tok_s_median"]
+    steer.close()
+    del plain
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
+
+    extra: dict[str, dict[str, Any]] = {}
+    if a.hf_prompts:
+        hf = hf_model(path, dummy, a.dtype)
+        sub = prompts[: a.hf_prompts]
+        hf_confs = {"hf_unsteered": [None] * len(sub), "hf_one_layer": [spec_one_layer(num_layers, hidden)] * len(sub)}
+        for name, specs in hf_confs.items():
+            hf.generate_token_ids(sub[:2], GenerationConfig(max_new_tokens=2, ignore_eos=True), steering=specs[:2])  # warm-up
+            tps = []
+            for _ in range(a.hf_rounds):
+                secs, n = timed(lambda: sum(g.num_tokens for g in hf.generate_token_ids(sub, gen, steering=specs)))
+                tps.append(n / secs)
+            extra[name] = {"tok_s": statistics.median(tps), "pct_of_ceiling": 100 * statistics.median(tps) / ceiling, "note": f"{len(sub)} prompts, one batch"}
+        result["transformers"] = {**extra, "note": f"measured on the first {len(sub)} prompts in one batch; tok/s compared with the ceiling's tok/s on all {a.prompts} prompts"}
+
+    print_table(result["summary"], extra)
+    if "latency" in result:
+        print("\ncompare pair latency (2 requests): " + ", ".join(f"{k}: TTFT {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), ITL {v['itl_ms_median']:.2f} ms" for k, v in result["latency"].items()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def hf_model(path: str, dummy: bool, dtype: str) -> Any:
+    """The transformers backend on the same checkpoint (random init from the config for dummy-weight models)."""
+    from engine import HFSteerModel
+
+    if not dummy:
+        return HFSteerModel(path, dtype=dtype)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    torch_dtype = getattr(torch, "bfloat16" if dtype == "auto" else dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch_dtype).eval()
+    return HFSteerModel.from_model(model, AutoTokenizer.from_pretrained(path), model_id=path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The transformers backend on a tiny random Llama: exact deltas, restore, batching and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import GenerationConfig, HFSteerModel, mean_difference
+from engine.layers import find_decoder_layers
+from engine.steering_ops import steer_layer_output
+from tests.helpers import CharTokenizer, tiny_hf, tiny_llama
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringError, SteeringSpec
+
+H = 64
+PROMPTS = ["hello world", "the quick brown fox", "a"]
+GREEDY = GenerationConfig(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def model() -> HFSteerModel:
+    return tiny_hf()
+
+
+def hidden_states(model: HFSteerModel, text: str, spec: SteeringSpec | None) -> list[torch.Tensor]:
+    """The residual stream as the model sees it: entry ``i`` is the input of layer ``i`` (``i`` = num_layers: the
+    last layer's output), i.e. transformers' ``hidden_states`` indexing, observed *after* the steering hooks."""
+    from engine.hf_backend import build_batch_tables
+
+    ids = torch.tensor([model.encode_prompt(text)])
+    seen: dict[int, torch.Tensor] = {}
+    tables, rows = build_batch_tables([spec], H, model.device)
+    with torch.no_grad(), model._hooks(tables, rows):
+        handles = [layer.register_forward_pre_hook(lambda m, a, k, i=i: seen.__setitem__(i, (k.get("hidden_states") if "hidden_states" in k else a[0]).clone()), with_kwargs=True) for i, layer in enumerate(model.layers)]
+        last = len(model.layers)
+        handles.append(model.layers[-1].register_forward_hook(lambda m, a, o: seen.__setitem__(last, (o[0] if isinstance(o, tuple) else o).clone())))
+        try:
+            model.model(input_ids=ids)
+        finally:
+            for h in handles:
+                h.remove()
+    return [seen[i] for i in range(last + 1)]
+
+
+def rand(seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(H, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+@pytest.mark.parametrize(
+    "layer_spec",
+    [
+        LayerSteeringSpec(rand(1, 2.0), 1.5),
+        LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(2), -0.1, 0.1)),
+        LayerSteeringSpec(ablation=AblationSpec(rand(3), 0.0)),
+        LayerSteeringSpec(rand(1), -3.0, ProjectionCapSpec(rand(2), max=0.0), AblationSpec(rand(3), 2.0)),
+    ],
+    ids=["add", "cap", "ablate", "all"],
+)
+def test_layer_output_changes_by_exact_delta(model, layer_spec):
+    layer = 2
+    base = hidden_states(model, "steer me", None)
+    steered = hidden_states(model, "steer me", SteeringSpec({layer: layer_spec}))
+    for i in range(layer + 1):  # embeddings and layers before L: untouched, bit for bit
+        assert torch.equal(base[i], steered[i])
+    expected = steer_layer_output(base[layer + 1], layer_spec)  # hidden_states[L+1] is layer L's output
+    assert torch.allclose(steered[layer + 1], expected, atol=1e-6)
+    assert not torch.allclose(steered[layer + 2], base[layer + 2])
+
+
+def test_ablation_zeroes_component_and_cap_bounds(model):
+    d = rand(5)
+    spec = SteeringSpec({1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(6), min=0.5, max=0.7), ablation=AblationSpec(d, 0.0))})
+    hs = hidden_states(model, "some text here", spec)
+    assert (hs[2][0] @ (d / d.norm())).abs().max() < 1e-5
+    last = SteeringSpec({3: LayerSteeringSpec(ablation=AblationSpec(d, 0.0))})  # the last layer is hooked too
+    assert (hidden_states(model, "some text here", last)[4][0] @ (d / d.norm())).abs().max() < 1e-5
+
+
+def test_clear_restores_baseline_tokens(model):
+    base = model.generate(PROMPTS, GREEDY)
+    model.set_layer_vector(1, rand(7, 4.0), 2.0)
+    model.set_layer_projection_cap(2, rand(8), cap_below=-0.1, cap_above=0.1)
+    model.set_layer_ablation(3, rand(9), 0.0)
+    steered = model.generate(PROMPTS, GREEDY)
+    assert [g.token_ids for g in steered] != [g.token_ids for g in base]
+    assert model.export_steering_spec().active_layers() == [1, 2, 3]
+    model.clear_layer_ablation(3)
+    assert model.export_steering_spec().active_layers() == [1, 2]
+    model.clear_all_vectors()
+    assert model.export_steering_spec().is_empty()
+    assert [g.token_ids for g in model.generate(PROMPTS, GREEDY)] == [g.token_ids for g in base]
+
+
+def test_per_prompt_specs_equal_one_by_one(model):
+    specs = [SteeringSpec.single(1, rand(10, 3.0)), None, SteeringSpec({2: LayerSteeringSpec(rand(11, 3.0), -1.0, ablation=AblationSpec(rand(12), 0.0))})]
+    batch = model.generate(PROMPTS, GREEDY, steering=specs)
+    for prompt, spec, got in zip(PROMPTS, specs, batch, strict=True):
+        alone = model.generate([prompt], GREEDY, steering=[spec])[0]
+        assert got.token_ids == alone.token_ids
+        assert got.spec_fingerprint == (None if spec is None else spec.fingerprint())
+    assert batch[0].token_ids != model.generate([PROMPTS[0]], GREEDY)[0].token_ids
+
+
+def test_stream_equals_generate(model):
+    spec = SteeringSpec.single(1, rand(13, 3.0))
+    full = model.generate(PROMPTS, GREEDY, steering=[spec, None, spec])
+    texts = ["", "", ""]
+    finished = {}
+    for event in model.generate_stream(PROMPTS, GREEDY, steering=[spec, None, spec]):
+        texts[event.index] += event.delta
+        if event.finished:
+            finished[event.index] = (event.token_ids, event.finish_reason)
+    assert texts == [g.text for g in full]
+    assert [finished[i][0] for i in range(3)] == [g.token_ids for g in full]
+    assert [finished[i][1] for i in range(3)] == [g.finish_reason for g in full]
+
+
+def test_sampling_seeded_and_independent_of_batch(model):
+    cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
+    a = model.generate(PROMPTS, cfg)
+    b = model.generate(PROMPTS, cfg)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert model.generate(PROMPTS[:1], cfg)[0].token_ids == a[0].token_ids
+
+
+def test_steering_context_restores_also_on_error(model):
+    model.set_layer_vector(0, rand(14))
+    before = model.export_steering_spec().fingerprint()
+    with model.steering(SteeringSpec.single(3, rand(15))):
+        assert model.export_steering_spec().active_layers() == [3]
+    assert model.export_steering_spec().fingerprint() == before
+    with pytest.raises(RuntimeError), model.steering(SteeringSpec.single(2, rand(16))):
+        raise RuntimeError("boom")
+    assert model.export_steering_spec().fingerprint() == before
+    model.clear_all_vectors()
+
+
+def test_seed_single_layer_api_and_save_pretrained(model, tmp_path):
+    with pytest.raises(SteeringError, match="set_target_layer"):
+        HFSteerModel.from_model(tiny_llama(), CharTokenizer()).set_vector(rand(1))
+    model.set_target_layer(2)
+    model.set_vector(rand(17), 2.0)
+    spec = model.export_steering_spec()
+    assert spec.active_layers() == [2] and spec.layers[2].scale == 2.0
+    out = model.save_pretrained(tmp_path / "saved")
+    loaded = SteeringSpec.load(out / "steering_spec.safetensors")
+    assert loaded.fingerprint() == spec.fingerprint() and loaded.model_id == "tiny-llama"
+    model.set_vector(None)
+    assert model.export_steering_spec().is_empty()
+
+
+BAD = [
+    (lambda m: m.set_layer_vector(1, torch.ones(H + 1)), "does not match the model's hidden_size 64"),
+    (lambda m: m.set_layer_vector(4, torch.ones(H)), r"layer: 4 is out of range .* 0..3"),
+    (lambda m: m.set_layer_vector(-1, torch.ones(H)), "out of range"),
+    (lambda m: m.set_layer_vector(1, torch.full((H,), float("nan"))), "NaN"),
+    (lambda m: m.set_layer_projection_cap(1, torch.ones(H)), "at least one bound"),
+    (lambda m: m.set_layer_projection_cap(1, torch.ones(H), 1.0, 0.0), "min=1.0 > max=0.0"),
+    (lambda m: m.set_layer_ablation(1, torch.zeros(H), 0.0), "zero norm"),
+    (lambda m: m.apply_steering_spec(SteeringSpec.single(9, torch.ones(H))), r"layers\[9\]: layer out of range"),
+    (lambda m: m.apply_steering_spec(SteeringSpec.single(1, torch.ones(8))), "hidden_size"),
+    (lambda m: m.generate(PROMPTS, GREEDY, steering=[None]), "3 prompts"),
+    (lambda m: m.generate(PROMPTS, GREEDY, steering="x"), "steering"),
+    (lambda m: m.generate([], GREEDY), "empty"),
+    (lambda m: m.generate([42], GREEDY), "neither a string"),
+    (lambda m: GenerationConfig(max_new_tokens=0), "max_new_tokens"),
+    (lambda m: GenerationConfig(top_p=0.0), "top_p"),
+    (lambda m: GenerationConfig(temperature=-1.0), "temperature"),
+]
+
+
+@pytest.mark.parametrize("action,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_leaves_state_unchanged(model, action, message):
+    model.clear_all_vectors()
+    model.set_layer_vector(1, rand(20))
+    before = model.export_steering_spec()
+    with pytest.raises(SteeringError, match=message):
+        action(model)
+    after = model.export_steering_spec()
+    assert after.fingerprint() == before.fingerprint() and after.active_layers() == [1]
+    model.clear_all_vectors()
+
+
+def test_mean_difference_and_activations(model):
+    pos, neg = ["good good good", "great day"], ["bad bad bad", "awful day"]
+    diff = mean_difference(model, pos, neg, 2)
+    acts_p = model.mean_activations(pos, [2])[2]
+    acts_n = model.mean_activations(neg, [2])[2]
+    assert torch.allclose(diff, acts_p - acts_n)
+    # by hand: prompt 0's tokens after the first, at hidden_states[3]
+    hs = hidden_states(model, pos[0], None)[3][0]
+    one = model.mean_activations(pos[:1], [2])[2]
+    assert torch.allclose(one, hs[1:].mean(0), atol=1e-5)
+    unit = mean_difference(model, pos, neg, 2, normalize=True)
+    assert abs(float(unit.norm()) - 1.0) < 1e-5
+    with pytest.raises(SteeringError, match="normalize"):
+        mean_difference(model, pos, pos, 2, normalize=True)
+    with pytest.raises(SteeringError, match="non-empty"):
+        mean_difference(model, [], neg, 2)
+
+
+def test_layer_detection_error():
+    class Odd(torch.nn.Module):
+        pass
+
+    with pytest.raises(SteeringError, match="cannot find the decoder layers of Odd"):
+        find_decoder_layers(Odd())

@@ -1,0 +1,79 @@
+"""The shared steering math against hand computations."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.steering_ops import SlotTables, layer_rows, steer_layer_output, steer_rows, write_slot
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec
+
+H = 8
+
+
+def test_add_cap_ablate_by_hand():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, H, generator=g, dtype=torch.float64).float()
+    v, c, a = (torch.randn(H, generator=g) for _ in range(3))
+    layer = LayerSteeringSpec(v, 2.0, ProjectionCapSpec(c, -0.3, 0.2), AblationSpec(a, 0.25))
+    out = steer_layer_output(x, layer)
+    # by hand, float64
+    x64, v64 = x.double(), v.double()
+    ch, ah = c.double() / c.double().norm(), a.double() / a.double().norm()
+    y = x64 + 2.0 * v64
+    p = y @ ch
+    y = y + (p.clamp(-0.3, 0.2) - p)[:, None] * ch
+    q = y @ ah
+    y = y + (0.25 - 1.0) * q[:, None] * ah
+    assert torch.allclose(out.double(), y, atol=1e-5)
+    assert torch.allclose(out.double() @ ah, 0.25 * q, atol=1e-5)
+
+
+def test_each_op_alone():
+    x = torch.randn(4, H)
+    v = torch.randn(H)
+    assert torch.allclose(steer_layer_output(x, LayerSteeringSpec(v, -1.5)), x - 1.5 * v)
+    d = torch.zeros(H)
+    d[0] = 2.0  # unit direction e0
+    capped = steer_layer_output(x, LayerSteeringSpec(projection_cap=ProjectionCapSpec(d, max=0.1)))
+    assert torch.allclose(capped[:, 0], x[:, 0].clamp(max=0.1)) and torch.equal(capped[:, 1:], x[:, 1:])
+    lower = steer_layer_output(x, LayerSteeringSpec(projection_cap=ProjectionCapSpec(d, min=0.5)))
+    assert torch.allclose(lower[:, 0], x[:, 0].clamp(min=0.5))
+    ablated = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(d, 0.0)))
+    assert torch.all(ablated[:, 0] == 0) and torch.equal(ablated[:, 1:], x[:, 1:])
+    amplified = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(d, 3.0)))
+    assert torch.allclose(amplified[:, 0], 3 * x[:, 0])
+
+
+def test_slot_zero_is_exact_noop_and_rows_route():
+    tables = SlotTables.empty(3, H)
+    v1, v2 = torch.randn(H), torch.randn(H)
+    write_slot(tables, 1, layer_rows(LayerSteeringSpec(v1), H))
+    write_slot(tables, 3, layer_rows(LayerSteeringSpec(v2, 2.0, ablation=AblationSpec(v1, 0.0)), H))
+    x = torch.randn(6, H) * 100
+    idx = torch.tensor([0, 1, 3, 0, 2, 1])
+    out = steer_rows(x, idx, tables)
+    assert torch.equal(out[0], x[0]) and torch.equal(out[3], x[3]) and torch.equal(out[4], x[4])  # bit-exact
+    assert torch.allclose(out[1], x[1] + v1) and torch.allclose(out[5], x[5] + v1)
+    assert torch.allclose(out[2], steer_layer_output(x[2:3], LayerSteeringSpec(v2, 2.0, ablation=AblationSpec(v1, 0.0)))[0])
+
+
+def test_write_slot_in_place_and_reset():
+    tables = SlotTables.empty(2, H)
+    ptrs = {k: t.data_ptr() for k, t in tables.tensors().items()}
+    write_slot(tables, 2, layer_rows(LayerSteeringSpec(torch.ones(H), projection_cap=ProjectionCapSpec(torch.ones(H), max=1.0)), H))
+    write_slot(tables, 2, layer_rows(None, H))
+    assert {k: t.data_ptr() for k, t in tables.tensors().items()} == ptrs  # never rebound (CUDA-graph replay)
+    fresh = SlotTables.empty(2, H)
+    for k, t in tables.tensors().items():
+        assert torch.equal(t, fresh.tensors()[k])
+
+
+def test_equivalent_formulations():
+    v = torch.randn(H)
+    x = torch.randn(3, H)
+    assert torch.allclose(steer_layer_output(x, LayerSteeringSpec(v, 2.5)), steer_layer_output(x, LayerSteeringSpec(2.5 * v)))
+    # direction scale does not matter for caps and ablations
+    c = torch.randn(H)
+    a = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(c, 0.5)))
+    b = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(7 * c, 0.5)))
+    assert torch.allclose(a, b, atol=1e-6)
