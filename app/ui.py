@@ -84,7 +84,7 @@ def build_demo(
                         vector = gr.Dropdown(names, value=first, allow_custom_value=True, label="Vector", elem_id="vector", info="Registry vectors that fit the loaded model")
                         layer = gr.Slider(0, engine.num_layers - 1, value=default_layer, step=1, precision=0, label="Layer", elem_id="layer")
                         scale = gr.Slider(-SCALE_RANGE, SCALE_RANGE, value=default_scale, step=0.1, label="Scale", elem_id="scale")
-                    with gr.Accordion("Spec editor (multi-layer)", open=False, elem_id="spec-editor-accordion"):
+                    with gr.Accordion("Spec editor (multi-layer)", open=False, elem_id="spec-editor-accordion") as editor_accordion:
                         gr.Markdown(EDITOR_HELP)
                         editor = gr.Dataframe(
                             headers=COLUMNS,
@@ -173,6 +173,7 @@ def build_demo(
         stop.click(None, cancels=[compare_event])
         vector.change(user_errors(cb.vector_defaults), [vector, layer, scale], [layer, scale], api_name="vector_defaults")
         to_editor.click(user_errors(cb.quick_to_editor), [vector, layer, scale], [steering_mode, editor], api_name="quick_to_editor")
+        steering_mode.change(lambda mode: gr.Accordion(open=mode == "editor"), steering_mode, editor_accordion, api_visibility="private")
         sweep_button.click(user_errors(cb.sweep), [*request, scales, imported], sweep_grid, api_name="sweep", **engine_bound)
         export_button.click(user_errors(cb.export_spec), [*steering, description, imported], export_file, api_name="export_spec")
         export_gguf_button.click(user_errors(cb.export_gguf), [*steering, description, imported], export_file, api_name="export_gguf")

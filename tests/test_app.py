@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from gradio_client.exceptions import AppError
 
 from app.callbacks import build_prompt
 from engine import GenerationConfig
-from tests.app_fixtures import registry_copy, serve
+from tests.test_app_support import registry_copy, serve
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringSpec, import_gguf_control_vector
 
 pytestmark = pytest.mark.slow
@@ -242,3 +243,11 @@ def test_engine_info(client, hf_default):
     info = client.predict(api_name="/engine_info")
     assert info["backend"] == "transformers"
     assert (info["num_layers"], info["hidden_size"]) == (hf_default.num_layers, hf_default.hidden_size)
+
+
+def test_server_files_outside_the_app_folders_are_not_served(url, registry):
+    import httpx
+
+    entry = registry.get(registry.names()[0])
+    for path in (entry.path.resolve(), Path(__file__).resolve()):
+        assert httpx.get(f"{url}gradio_api/file={path}").status_code == 403

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import registry_copy, serve
+from tests.test_app_support import registry_copy, serve
 from vectors import SteeringSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]

@@ -1,4 +1,4 @@
-"""Shared helpers of the app tests: a registry copy, a free port and an in-process app server."""
+"""Support code of the app tests (no tests here): a registry copy, a free port and an in-process app server."""
 
 from __future__ import annotations
 

@@ -1,0 +1,262 @@
+"""Fast app tests: editor parsing, handlers on a tiny random model, the error wrapper, ``app.py`` wiring, layering."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+from app.callbacks import Callbacks, build_prompt, parse_scales
+from app.errors import user_errors
+from app.sides import SIDES
+from app.spec_editor import IMPORTED_PREFIX, VectorSource, rows_to_spec, spec_to_rows
+from engine import GenerationConfig
+from tests.helpers import tiny_hf
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringError, SteeringSpec, VectorRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = 64
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_hf(hidden=HIDDEN)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    reg = VectorRegistry(tmp_path / "registry")
+    gen = torch.Generator().manual_seed(0)
+    reg.add("up", torch.randn(HIDDEN, generator=gen) * 3, model_id="tiny-llama", suggested_layer=2, extra={"suggested_scale": 1.5})
+    reg.add("down", torch.randn(HIDDEN, generator=gen) * 3, model_id="tiny-llama")
+    reg.add("too-wide", torch.randn(HIDDEN * 2, generator=gen))
+    return reg
+
+
+@pytest.fixture
+def cb(engine, registry, tmp_path):
+    return Callbacks(engine, registry, tmp_path / "exports")
+
+
+# -- spec editor ---------------------------------------------------------------------------------------------------
+def test_editor_rows_round_trip_a_full_spec(registry):
+    up, down = registry.get("up").vector, registry.get("down").vector
+    other = torch.arange(HIDDEN, dtype=torch.float32) + 1
+    spec = SteeringSpec({
+        1: LayerSteeringSpec(up, -2.0, ProjectionCapSpec(down, None, 0.5)),
+        3: LayerSteeringSpec(other, 0.25, ablation=AblationSpec(up, 0.0)),
+    })
+    rows, imported = spec_to_rows(spec, registry.list(hidden_size=HIDDEN))
+    assert rows == [
+        [1, "up", -2.0, "down", None, 0.5, None, None],
+        [3, f"{IMPORTED_PREFIX}L3.vector", 0.25, None, None, None, "up", 0.0],
+    ]
+    assert set(imported) == {f"{IMPORTED_PREFIX}L3.vector"}
+    assert rows_to_spec(rows, VectorSource(registry, imported)).fingerprint() == spec.fingerprint()
+
+
+def test_editor_accepts_api_dicts_blank_cells_and_strings(registry):
+    rows = {"headers": [], "data": [["2", " up ", "", "", float("nan"), "", "", ""], [None] * 8]}
+    spec = rows_to_spec(rows, VectorSource(registry, {}))
+    assert spec.active_layers() == [2] and spec.layers[2].scale == 1.0  # empty scale = 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([[1.5, "up", 1, None, None, None, None, None]], "row 1, layer: 1.5 is not a 0-based layer index"),
+        ([[None, "up", 1, None, None, None, None, None]], "row 1, layer: the layer is empty"),
+        ([[1, "up", "lots", None, None, None, None, None]], "row 1, scale: 'lots' is not a number"),
+        ([[1, "up", 1, None, None, None, None, None], [1, "down", 1, None, None, None, None, None]], "row 2: layer 1 appears twice"),
+        ([[1, "nope", 1, None, None, None, None, None]], "row 1, vector: name: no vector 'nope'"),
+        ([[1, "file:L1.vector", 1, None, None, None, None, None]], "not among this session's imported vectors"),
+        ([[1, None, None, None, 0.0, None, None, None]], "cap min/max are set but no cap vector"),
+        ([[1, None, None, "up", 2.0, 1.0, None, None]], "min=2.0 > max=1.0"),
+        ([[1, None, None, "up", None, None, None, None]], "set at least one bound"),
+        ([], "no row holds a vector"),
+    ],
+)
+def test_editor_rejects_bad_rows_by_name(registry, rows, message):
+    with pytest.raises(SteeringError, match=message):
+        rows_to_spec(rows, VectorSource(registry, {}))
+
+
+# -- small parsers -------------------------------------------------------------------------------------------------
+def test_parse_scales():
+    assert parse_scales("-2, -1,0 1;2.5") == [-2.0, -1.0, 0.0, 1.0, 2.5]
+    for bad, message in [("", "no values"), ("1, x", "not a number"), ("inf", "non-finite"), (",".join(["1"] * 17), "at most 16")]:
+        with pytest.raises(SteeringError, match=message):
+            parse_scales(bad)
+
+
+def test_build_prompt():
+    assert build_prompt("hi", "be brief", False) == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert build_prompt("hi", "  ", False) == [{"role": "user", "content": "hi"}]
+    assert build_prompt("Once", "ignored", True) == "Once"
+    with pytest.raises(SteeringError, match="prompt: the prompt is empty"):
+        build_prompt(" ", "", False)
+
+
+# -- handlers on the tiny model ------------------------------------------------------------------------------------
+def test_registry_is_filtered_to_vectors_that_fit(cb):
+    assert [row[0] for row in cb.list_vectors()] == ["down", "up"]
+    assert cb.vector_defaults("up", 0, 9.0) == (2, 1.5)
+    assert cb.vector_defaults("down", 3, 9.0) == (3, 9.0)  # no suggestions: keep the sliders
+
+
+def test_compare_streams_both_sides_and_ends_with_the_batch_result(cb, engine, registry):
+    outputs = list(cb.compare("hello", "", "up", 2, 4.0, 6, 0.9, 1.0, 5, True, "quick", None, {}))
+    assert len(outputs) >= 2 and all(len(o) == 2 * len(SIDES) for o in outputs)
+    baseline, steered, baseline_stats, steered_stats = outputs[-1]
+    spec = SteeringSpec.single(2, registry.get("up").vector, 4.0)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.9, seed=5)
+    assert baseline == engine.generate("hello", config, steering=[None])[0].text
+    assert steered == engine.generate("hello", config, steering=spec)[0].text
+    assert steered_stats.startswith("6 tokens")
+
+
+def test_compare_never_touches_the_engine_state(cb, engine):
+    before = engine.export_steering_spec().fingerprint()
+    list(cb.compare("hello", "", "up", 2, 4.0, 3, 0.0, 1.0, 0, True, "quick", None, {}))
+    assert engine.export_steering_spec().fingerprint() == before
+
+
+def test_closing_the_compare_stream_releases_the_engine(cb, engine):
+    stream = cb.compare("hello", "", "up", 2, 4.0, 200, 0.0, 1.0, 0, True, "quick", None, {})
+    next(stream)
+    stream.close()  # what Stop does
+    assert engine.generate("hi", GenerationConfig(max_new_tokens=2))[0].num_tokens == 2  # the lock is free again
+
+
+def test_sweep_rows_follow_the_scales(cb, engine, registry):
+    rows = cb.sweep("hello", "", "up", 2, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, "-1, 0, 3", {})
+    spec = SteeringSpec.single(2, registry.get("up").vector, 2.0)
+    assert [r[0] for r in rows] == [-1.0, 0.0, 3.0]
+    for factor, tokens, text in rows:
+        expected = engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=spec.scaled(factor))[0]
+        assert (tokens, text) == (expected.num_tokens, expected.text)
+
+
+def test_export_and_import_round_trip_spec_and_gguf(cb, registry):
+    path = cb.export_spec("up", 1, -3.0, "quick", None, "desc", {})
+    assert Path(path).parent.parent == cb.export_dir
+    mode, rows, imported, status = cb.import_spec(path)
+    assert (mode, rows, imported) == ("editor", [[1, "up", -3.0, None, None, None, None, None]], {})
+    assert "Imported" in status
+    gguf = cb.export_gguf("up", 1, -3.0, "quick", None, "", {})
+    _, rows, imported, _ = cb.import_spec(gguf)
+    assert rows == [[1, f"{IMPORTED_PREFIX}L1.vector", 1.0, None, None, None, None, None]]
+    torch.testing.assert_close(imported[f"{IMPORTED_PREFIX}L1.vector"], registry.get("up").vector * -3.0, rtol=0, atol=0)
+
+
+def test_import_rejects_other_files(cb, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(SteeringError, match="neither a .safetensors spec file nor a .gguf"):
+        cb.import_spec(str(text))
+    with pytest.raises(SteeringError, match="nothing uploaded"):
+        cb.import_spec(None)
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 32)
+    with pytest.raises(SteeringError, match="control vector"):
+        cb.import_spec(str(fake))
+
+
+def test_read_only_registry_refuses_edits(engine, registry, tmp_path):
+    cb = Callbacks(engine, registry, tmp_path, registry_writable=False)
+    with pytest.raises(SteeringError, match="read-only registry"):
+        cb.delete_vector("up")
+    with pytest.raises(SteeringError, match="read-only registry"):
+        cb.create_vector("x", "", 1, "a", "b", 0, False)
+    assert "up" in registry
+
+
+def test_details_never_show_server_paths(cb):
+    assert "path" not in cb.vector_details("up")
+    assert "/" not in cb.engine_info()["registry"]
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+def test_user_errors_turns_steering_errors_into_gr_error_for_functions_and_generators():
+    def plain() -> None:
+        """Doc."""
+        raise SteeringError("layer: 99 is out of range; use 0..3")
+
+    def stream():
+        yield 1
+        raise SteeringError("scale: nan is not finite")
+
+    with pytest.raises(gr.Error, match="layer: 99 is out of range"):
+        user_errors(plain)()
+    wrapped = user_errors(stream)
+    gen = wrapped()
+    assert next(gen) == 1
+    with pytest.raises(gr.Error, match="scale: nan"):
+        next(gen)
+    assert user_errors(plain).__doc__ == "Doc."
+    with pytest.raises(ZeroDivisionError):  # bugs are not dressed up as user errors
+        user_errors(lambda: 1 / 0)()
+
+
+def test_build_demo_names_every_action(engine, registry):
+    from app import build_demo
+
+    demo = build_demo(engine, registry)
+    names = {d.api_name for d in demo.fns.values() if d.api_name and d.api_visibility == "public"}
+    expected = {"compare", "sweep", "export_spec", "export_gguf", "import_spec", "list_vectors", "create_vector", "delete_vector", "engine_info"}
+    assert expected <= names
+    ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+    assert {"baseline-output", "steered-output", "generate", "stop", "vector", "spec-editor", "import-file", "export-file"} <= ids
+    demo.close()
+
+
+# -- app.py and the package of the same name -----------------------------------------------------------------------
+def load_app_script():
+    spec = importlib.util.spec_from_file_location("sidesteer_app_script", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_import_app_gets_the_package_and_the_script_loads_lazily():
+    import app
+
+    assert Path(app.__file__).parent.name == "app" and hasattr(app, "build_demo")
+    script = load_app_script()
+    assert script._demo is None  # loading the file built nothing (no model load)
+    args = script.parse_args([])
+    assert (args.backend, args.model, args.registry, args.host) == ("auto", "default", "registry/smollm2", "127.0.0.1")
+    assert script.resolve_backend("hf") == "hf"
+    assert script.resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "hf")
+
+
+def test_host_and_port_come_from_gradio_env(monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
+    args = load_app_script().parse_args([])
+    assert (args.host, args.port) == ("0.0.0.0", 8123)
+    from app import launch_kwargs
+
+    kwargs = launch_kwargs()
+    assert (kwargs["server_name"], kwargs["server_port"], kwargs["share"]) == ("0.0.0.0", 8123, False)
+    assert kwargs["max_file_size"] and "allowed_paths" not in kwargs
+
+
+def test_running_app_py_as_a_script_finds_the_package():
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--backend" in out.stdout and "--registry" in out.stdout
+
+
+def test_only_app_imports_gradio():
+    for package in ("vectors", "engine"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not any(n.split(".")[0] == "gradio" for n in names), f"{path} imports gradio"
