@@ -290,7 +290,11 @@ class SteerableModel(abc.ABC):
         elif isinstance(steering, Sequence) and not isinstance(steering, (str, bytes)):
             if len(steering) != num_prompts:
                 raise SteeringError(f"steering: {len(steering)} specs for {num_prompts} prompts; pass one spec (or None) per prompt")
-            specs = [None if s is None else self.validate_spec(s) for s in steering]
+            checked: dict[int, SteeringSpec] = {}  # id -> validated spec: a batch often repeats one spec object
+            for s in steering:
+                if s is not None and id(s) not in checked:
+                    checked[id(s)] = self.validate_spec(s)
+            specs = [None if s is None else checked[id(s)] for s in steering]
         else:
             raise SteeringError(f"steering: {type(steering).__name__} is not a SteeringSpec, a list of them, or None")
         return [None if s is None or s.is_empty() else s for s in specs]
@@ -365,7 +369,7 @@ class SteerableModel(abc.ABC):
     @abc.abstractmethod
     def _mean_activations(self, prompt_ids: list[list[int]], layers: list[int]) -> dict[int, torch.Tensor]: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default; backends with processes override it
         """Release the backend's resources."""
 
 

@@ -199,7 +199,8 @@ class HFSteerModel(SteerableModel):
     def _generate(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> list[Generation]:
         tokens: list[list[int]] = [[] for _ in prompt_ids]
         reasons: list[str | None] = [None] * len(prompt_ids)
-        for step, reasons in self._steps(prompt_ids, config, specs):
+        for step, step_reasons in self._steps(prompt_ids, config, specs):
+            reasons = step_reasons
             for row, tok in enumerate(step):
                 if tok is not None:
                     tokens[row].append(tok)

