@@ -109,6 +109,7 @@ class _Request:
     capture_id: int | None = None
     slot: int = 0
     salt: str | None = None
+    key: str | None = None  # the spec's fingerprint, computed once per call (hashing every vector is not free)
 
 
 @dataclass
@@ -260,6 +261,28 @@ class VLLMSteerModel(SteerableModel):
         self._stop = False
         self._loop = threading.Thread(target=self._run_loop, name="sidesteer-vllm-loop", daemon=True)
         self._loop.start()
+        threading.Thread(target=self._watch_engine, args=(self.engine,), name="sidesteer-vllm-watchdog", daemon=True).start()
+
+    def _watch_engine(self, engine: Any) -> None:
+        """Turn a dead engine-core process into an error: vLLM's sync client would otherwise block forever."""
+        import time
+
+        core = engine.engine_core
+        resources = getattr(core, "resources", None)
+        manager = getattr(resources, "engine_manager", None)
+        while self.engine is engine and not self._stop:
+            dead = bool(getattr(resources, "engine_dead", False))
+            procs = getattr(manager, "processes", None) or []
+            dead = dead or any(not p.is_alive() for p in procs)
+            if dead:
+                exc = RuntimeError("the vLLM engine-core process exited")
+                if self._dead is None:
+                    self._dead = exc
+                outputs = getattr(core, "outputs_queue", None)
+                if outputs is not None:
+                    outputs.put_nowait(exc)  # wakes the loop thread blocked in engine.step()
+                return
+            time.sleep(0.2)
 
     def restart(self) -> None:
         """Rebuild the engine (after it died); the driver-side steering state carries over."""
@@ -332,7 +355,7 @@ class VLLMSteerModel(SteerableModel):
                 while pending:  # admit in arrival order; when slots run out, later requests wait
                     req = pending[0]
                     if req.spec is not None:
-                        got = self.slots.acquire(req.spec.fingerprint())
+                        got = self.slots.acquire(req.key or req.spec.fingerprint())
                         if got is None:
                             break
                         req.slot, upload = got
@@ -341,7 +364,7 @@ class VLLMSteerModel(SteerableModel):
                                 self.engine.collective_rpc("steer_write_slot", args=(req.slot, spec_payload(req.spec, self.hidden_size)))
                             except BaseException:
                                 self.slots.release(req.slot)
-                                self.slots.forget(req.spec.fingerprint())
+                                self.slots.forget(req.key or req.spec.fingerprint())
                                 raise
                     pending.popleft()
                     req.params.extra_args = {SLOT_ARG: req.slot}
@@ -403,11 +426,13 @@ class VLLMSteerModel(SteerableModel):
     def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False) -> _Job:
         self._raise_if_dead()
         job = _Job()
+        keys: dict[int, str] = {}  # id(spec) -> fingerprint: a batch usually repeats a few spec objects
         for index, (ids, spec) in enumerate(zip(prompt_ids, specs, strict=True)):
             if not ids:
                 raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
-            salt = None if spec is None else "sidesteer-" + spec.fingerprint()[:32]
-            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt))
+            key = None if spec is None else keys.setdefault(id(spec), spec.fingerprint())
+            salt = None if key is None else "sidesteer-" + key[:32]
+            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt, key=key))
         job.remaining = len(job.requests)
         self._inbox.put(("job", job))
         return job
