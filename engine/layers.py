@@ -21,13 +21,9 @@ LAYER_PATHS = (
 )
 
 
-def find_decoder_layers(model: Any) -> torch.nn.ModuleList:
-    """Return the model's decoder-block list.
-
-    Raises:
-        SteeringError: None of the known layouts matches.
-    """
-    for path in LAYER_PATHS:
+def layer_list_at(model: Any, paths: tuple[str, ...]) -> torch.nn.ModuleList | None:
+    """The first non-empty ``ModuleList`` found at one of the dotted attribute ``paths``, or None."""
+    for path in paths:
         obj = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -35,6 +31,18 @@ def find_decoder_layers(model: Any) -> torch.nn.ModuleList:
                 break
         if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
             return obj
+    return None
+
+
+def find_decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """Return the model's decoder-block list.
+
+    Raises:
+        SteeringError: None of the known layouts matches.
+    """
+    found = layer_list_at(model, LAYER_PATHS)
+    if found is not None:
+        return found
     raise SteeringError(
         f"model: cannot find the decoder layers of {type(model).__name__} (tried {', '.join(LAYER_PATHS)}); "
         "this architecture is not supported yet, add its layer path to engine.layers.LAYER_PATHS"

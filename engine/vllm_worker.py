@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.layers import layer_list_at
 from engine.steering_ops import ROW_FIELDS, SlotTables, steer_rows
 
 logger = logging.getLogger("sidesteer.vllm_worker")
@@ -29,6 +30,7 @@ logger = logging.getLogger("sidesteer.vllm_worker")
 CONFIG_KEY = "sidesteer"  # key in vLLM's additional_config (also keys the AOT compile cache)
 SLOT_ARG = "sidesteer_slot"  # SamplingParams.extra_args key: the request's steering slot (0 = none)
 CAPTURE_ARG = "sidesteer_capture"  # SamplingParams.extra_args key: activation-capture id of the request
+VLLM_LAYER_PATHS = ("model.layers", "language_model.model.layers", "model.language_model.layers", "language_model.layers", "transformer.h")
 SKIP_FIRST_ARG = "sidesteer_capture_skip_first"  # leave the prompt's first token (attention sink) out of the capture
 
 
@@ -78,15 +80,10 @@ def _capture_fake(x: torch.Tensor, sink: torch.Tensor, layer: int) -> None:
 # -- per-worker state --------------------------------------------------------------------------------------------
 def find_vllm_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder-layer list of a vLLM model (text models and the common multimodal wrappers)."""
-    for path in ("model.layers", "language_model.model.layers", "model.language_model.layers", "language_model.layers", "transformer.h"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise RuntimeError(f"sidesteer: cannot find decoder layers in {type(model).__name__}")
+    found = layer_list_at(model, VLLM_LAYER_PATHS)
+    if found is None:
+        raise RuntimeError(f"sidesteer: cannot find decoder layers in {type(model).__name__}")
+    return found
 
 
 class WorkerSteering:
