@@ -474,13 +474,18 @@ class VLLMSteerModel(SteerableModel):
             tokens[index].extend(ids)
             if finished:
                 reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
+        by_id: dict[int, str] = {}  # hash each distinct spec once, not once per request (28 layers x 3 vectors)
+        for spec in specs:
+            if spec is not None and id(spec) not in by_id:
+                by_id[id(spec)] = spec.fingerprint()
+        keys = [None if spec is None else by_id[id(spec)] for spec in specs]
         return [
             Generation(
                 text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
                 token_ids=tokens[i],
                 finish_reason=reasons[i],  # type: ignore[arg-type]
                 prompt_token_ids=prompt_ids[i],
-                spec_fingerprint=None if specs[i] is None else specs[i].fingerprint(),
+                spec_fingerprint=keys[i],
             )
             for i in range(len(prompt_ids))
         ]

@@ -46,14 +46,43 @@ from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, Steering
 
 # Architectures for random-weight models (fine for throughput: weights do not change the work done).
 ARCHS: dict[str, dict[str, Any]] = {
-    "qwen3-tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, intermediate_size=768, vocab_size=49152, tie_word_embeddings=True),
-    "qwen3-0.6b": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072, vocab_size=151936, tie_word_embeddings=True),
-    "qwen3-8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128, intermediate_size=12288, vocab_size=151936, tie_word_embeddings=False),
+    "qwen3-tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=768,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "qwen3-8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        vocab_size=151936,
+        tie_word_embeddings=False,
+    ),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def build_random_model(arch: str, tokenizer_dir: str, out_root: str, dtype: str = "bfloat16", weights: bool = False, seed: int = 0) -> str:
+def build_random_model(
+    arch: str, tokenizer_dir: str, out_root: str, dtype: str = "bfloat16", weights: bool = False, seed: int = 0
+) -> str:
     """A Qwen3-architecture checkpoint folder built from a named config.
 
     Args:
@@ -77,7 +106,9 @@ def build_random_model(arch: str, tokenizer_dir: str, out_root: str, dtype: str 
     if (out / "config.json").exists():
         return str(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = Qwen3Config(**ARCHS[arch], max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6, torch_dtype=dtype)
+    config = Qwen3Config(
+        **ARCHS[arch], max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6, torch_dtype=dtype
+    )
     config.architectures = ["Qwen3ForCausalLM"]  # without it vLLM may not pick the generative runner
     if weights:
         from transformers import Qwen3ForCausalLM
@@ -174,7 +205,9 @@ def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) ->
     from vllm.sampling_params import RequestOutputKind
 
     engine = llm.llm_engine
-    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA)
+    params = SamplingParams(
+        max_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False, output_kind=RequestOutputKind.DELTA
+    )
     t0 = time.perf_counter()
     ids = [f"lat-{time.monotonic_ns()}-{i}" for i in range(len(prompts))]
     for rid, p in zip(ids, prompts, strict=True):
@@ -189,7 +222,9 @@ def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) ->
     return latency_stats(t0, list(stamps.values()))
 
 
-def steered_stream_latency(model: Any, prompts: list[list[int]], output_len: int, steering: list[SteeringSpec | None]) -> tuple[float, float]:
+def steered_stream_latency(
+    model: Any, prompts: list[list[int]], output_len: int, steering: list[SteeringSpec | None]
+) -> tuple[float, float]:
     """TTFT and median inter-token latency through ``VLLMSteerModel``'s streaming path."""
     config = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
     ids, _, specs = [list(p) for p in prompts], config, model.resolve_steering(len(prompts), steering)
@@ -202,7 +237,7 @@ def steered_stream_latency(model: Any, prompts: list[list[int]], output_len: int
 
 def latency_stats(t0: float, stamps: list[list[float]]) -> tuple[float, float]:
     ttft = max(s[0] for s in stamps) - t0  # the pair's TTFT: both panes have their first token
-    gaps = [b - a for s in stamps for a, b in zip(s, s[1:])]
+    gaps = [b - a for s in stamps for a, b in zip(s, s[1:], strict=False)]
     return ttft, statistics.median(gaps) if gaps else float("nan")
 
 
@@ -211,7 +246,7 @@ def summarize(samples: dict[str, list[float]], ceiling: str = "unsteered") -> di
     base = samples[ceiling]
     out = {}
     for name, tps in samples.items():
-        ratios = [t / b for t, b in zip(tps, base)]
+        ratios = [t / b for t, b in zip(tps, base, strict=True)]
         out[name] = {
             "tok_s_median": statistics.median(tps),
             "tok_s_min": min(tps),
@@ -243,7 +278,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--prefix-caching", action="store_true", help="enable prefix caching (off by default: random prompts share nothing anyway)")
+    p.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="enable prefix caching (off by default: random prompts share nothing anyway)",
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="per engine (two engines share the device)")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-slots", type=int, default=64)
@@ -319,8 +358,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "torch": torch.__version__,
             "vllm": vllm.__version__,
         },
-        "workload": {"model": a.model, "path": path, "dummy_weights": dummy, "dtype": a.dtype, "prompts": a.prompts, "input_len": a.input_len, "output_len": a.output_len, "prefix_caching": a.prefix_caching, "gpu_memory_utilization_per_engine": util, "max_slots": a.max_slots},
-        "steered_engine": {"runner": steer.worker_info.get("runner"), "hooked_layers": len(steer.worker_info.get("layers", [])), "start_s": start_steered},
+        "workload": {
+            "model": a.model,
+            "path": path,
+            "dummy_weights": dummy,
+            "dtype": a.dtype,
+            "prompts": a.prompts,
+            "input_len": a.input_len,
+            "output_len": a.output_len,
+            "prefix_caching": a.prefix_caching,
+            "gpu_memory_utilization_per_engine": util,
+            "max_slots": a.max_slots,
+        },
+        "steered_engine": {
+            "runner": steer.worker_info.get("runner"),
+            "hooked_layers": len(steer.worker_info.get("layers", [])),
+            "start_s": start_steered,
+        },
         "plain_engine": {"start_s": start_plain},
         "method": "two engines alive side by side; rounds time every configuration once in rotated order; % of ceiling = median over rounds of (config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios",
     }
@@ -348,17 +402,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             lat["compare_pair"].append(steered_stream_latency(steer, pair, a.output_len, [None, one]))
             lat["idle_pair"].append(steered_stream_latency(steer, pair, a.output_len, [None, None]))
         result["latency"] = {
-            k: {"ttft_ms_median": 1000 * statistics.median(x[0] for x in v), "itl_ms_median": 1000 * statistics.median(x[1] for x in v), "samples": v}
+            k: {
+                "ttft_ms_median": 1000 * statistics.median(x[0] for x in v),
+                "itl_ms_median": 1000 * statistics.median(x[1] for x in v),
+                "samples": v,
+            }
             for k, v in lat.items()
         }
         base = result["latency"]["unsteered_pair"]
-        for k, v in result["latency"].items():
+        for v in result["latency"].values():
             v["ttft_pct_of_unsteered"] = 100 * v["ttft_ms_median"] / base["ttft_ms_median"]
             v["itl_pct_of_unsteered"] = 100 * v["itl_ms_median"] / base["itl_ms_median"]
 
     ceiling = result["summary"]["unsteered"]["tok_s_median"]
     steer.close()
-    del plain
+    plain = None  # drop the ceiling engine (and the closures holding it) before transformers needs the memory
+    runs.clear()
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
@@ -372,14 +431,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             hf.generate_token_ids(sub[:2], GenerationConfig(max_new_tokens=2, ignore_eos=True), steering=specs[:2])  # warm-up
             tps = []
             for _ in range(a.hf_rounds):
-                secs, n = timed(lambda: sum(g.num_tokens for g in hf.generate_token_ids(sub, gen, steering=specs)))
+                secs, n = timed(lambda specs=specs: sum(g.num_tokens for g in hf.generate_token_ids(sub, gen, steering=specs)))
                 tps.append(n / secs)
-            extra[name] = {"tok_s": statistics.median(tps), "pct_of_ceiling": 100 * statistics.median(tps) / ceiling, "note": f"{len(sub)} prompts, one batch"}
-        result["transformers"] = {**extra, "note": f"measured on the first {len(sub)} prompts in one batch; tok/s compared with the ceiling's tok/s on all {a.prompts} prompts"}
+            extra[name] = {
+                "tok_s": statistics.median(tps),
+                "pct_of_ceiling": 100 * statistics.median(tps) / ceiling,
+                "note": f"{len(sub)} prompts, one batch",
+            }
+        result["transformers"] = {
+            **extra,
+            "note": f"measured on the first {len(sub)} prompts in one batch; tok/s compared with the ceiling's tok/s on all {a.prompts} prompts",
+        }
 
     print_table(result["summary"], extra)
     if "latency" in result:
-        print("\ncompare pair latency (2 requests): " + ", ".join(f"{k}: TTFT {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), ITL {v['itl_ms_median']:.2f} ms" for k, v in result["latency"].items()))
+        print(
+            "\ncompare pair latency (2 requests): "
+            + ", ".join(
+                f"{k}: TTFT {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), ITL {v['itl_ms_median']:.2f} ms"
+                for k, v in result["latency"].items()
+            )
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1))
     return result

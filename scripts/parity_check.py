@@ -37,7 +37,15 @@ def main() -> int:
     from engine.default_model import resolve_model_path
 
     path = build_random_model(a.arch, a.tokenizer or resolve_model_path("default"), a.work_dir, "float32", weights=True)
-    vm = VLLMSteerModel(VLLMSteeringConfig(model_name=path, dtype="float32", max_model_len=256, gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.2, max_slots=8))
+    vm = VLLMSteerModel(
+        VLLMSteeringConfig(
+            model_name=path,
+            dtype="float32",
+            max_model_len=256,
+            gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.2,
+            max_slots=8,
+        )
+    )
     print("worker_info", vm.worker_info, flush=True)
     hf = HFSteerModel(path, dtype="float32")
     n, h = vm.num_layers, vm.hidden_size
@@ -45,10 +53,24 @@ def main() -> int:
     probe = hf.mean_activations(["hello world, this is a test"], [1])[1].norm().item()
     mag = max(4.0 * probe, 1.0)
     specs = {
-        "add_two_layers": SteeringSpec(layers={1: LayerSteeringSpec(vector=unit(h, 1), scale=mag), n - 1: LayerSteeringSpec(vector=unit(h, 2), scale=-mag)}),
-        "cap": SteeringSpec(layers={1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(unit(h, 3), min=-0.01 * mag, max=0.01 * mag))}),
+        "add_two_layers": SteeringSpec(
+            layers={1: LayerSteeringSpec(vector=unit(h, 1), scale=mag), n - 1: LayerSteeringSpec(vector=unit(h, 2), scale=-mag)}
+        ),
+        "cap": SteeringSpec(
+            layers={1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(unit(h, 3), min=-0.01 * mag, max=0.01 * mag))}
+        ),
         "ablation": SteeringSpec(layers={2: LayerSteeringSpec(ablation=AblationSpec(unit(h, 4), scale=0.0))}),
-        "all_three": SteeringSpec(layers={layer: LayerSteeringSpec(vector=unit(h, 10 + layer), scale=mag, projection_cap=ProjectionCapSpec(unit(h, 20 + layer), max=0.5 * mag), ablation=AblationSpec(unit(h, 30 + layer), scale=0.5)) for layer in range(n)}),
+        "all_three": SteeringSpec(
+            layers={
+                layer: LayerSteeringSpec(
+                    vector=unit(h, 10 + layer),
+                    scale=mag,
+                    projection_cap=ProjectionCapSpec(unit(h, 20 + layer), max=0.5 * mag),
+                    ablation=AblationSpec(unit(h, 30 + layer), scale=0.5),
+                )
+                for layer in range(n)
+            }
+        ),
     }
     prompts = ["The weather today is", "Write a poem about the sea.", "1, 2, 3, 4,"]
     g = GenerationConfig(max_new_tokens=a.tokens, ignore_eos=True)
@@ -56,7 +78,7 @@ def main() -> int:
     report: dict[str, object] = {"runner": vm.worker_info.get("runner"), "device": vm.worker_info.get("device")}
     base_v = vm.generate(prompts, g)
     base_h = hf.generate(prompts, g)
-    same = [x.token_ids == y.token_ids for x, y in zip(base_v, base_h)]
+    same = [x.token_ids == y.token_ids for x, y in zip(base_v, base_h, strict=True)]
     print("unsteered parity", same, flush=True)
     report["unsteered"] = all(same)
     ok &= all(same)
@@ -64,9 +86,12 @@ def main() -> int:
     for name, spec in specs.items():
         sv = vm.generate(prompts, g, steering=spec)
         sh = hf.generate(prompts, g, steering=spec)
-        same = [x.token_ids == y.token_ids for x, y in zip(sv, sh)]
-        changed = [x.token_ids != b.token_ids for x, b in zip(sv, base_v)]
-        first_diff = [next((i for i, (u, w) in enumerate(zip(x.token_ids, y.token_ids)) if u != w), None) for x, y in zip(sv, sh)]
+        same = [x.token_ids == y.token_ids for x, y in zip(sv, sh, strict=True)]
+        changed = [x.token_ids != b.token_ids for x, b in zip(sv, base_v, strict=True)]
+        first_diff = [
+            next((i for i, (u, w) in enumerate(zip(x.token_ids, y.token_ids, strict=False)) if u != w), None)
+            for x, y in zip(sv, sh, strict=True)
+        ]
         print(f"{name}: parity {same} first_diff {first_diff} steering_changed_output {changed}", flush=True)
         report[name] = {"parity": all(same), "changed": changed, "first_diff": first_diff}
         ok &= all(same)
@@ -74,7 +99,7 @@ def main() -> int:
     mixed_specs = [None, specs["add_two_layers"], specs["cap"], specs["all_three"]]
     mixed = vm.generate([prompts[0]] * 4, g, steering=mixed_specs)
     expect = [base_v[0].token_ids, alone["add_two_layers"], alone["cap"], alone["all_three"]]
-    same = [m.token_ids == e for m, e in zip(mixed, expect)]
+    same = [m.token_ids == e for m, e in zip(mixed, expect, strict=True)]
     print("mixed batch equals alone", same, flush=True)
     report["mixed_batch"] = all(same)
     ok &= all(same)
