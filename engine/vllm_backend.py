@@ -470,15 +470,12 @@ class VLLMSteerModel(SteerableModel):
     def _generate(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> list[Generation]:
         tokens: list[list[int]] = [[] for _ in prompt_ids]
         reasons: list[str] = ["length"] * len(prompt_ids)
-        for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs)):
+        job = self._submit(prompt_ids, config, specs)
+        for index, ids, finished, reason in self._events(job):
             tokens[index].extend(ids)
             if finished:
                 reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
-        by_id: dict[int, str] = {}  # hash each distinct spec once, not once per request (28 layers x 3 vectors)
-        for spec in specs:
-            if spec is not None and id(spec) not in by_id:
-                by_id[id(spec)] = spec.fingerprint()
-        keys = [None if spec is None else by_id[id(spec)] for spec in specs]
+        keys = [r.key for r in job.requests]  # fingerprints computed once per distinct spec at submission
         return [
             Generation(
                 text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
@@ -504,14 +501,44 @@ class VLLMSteerModel(SteerableModel):
             raise SteeringError(f"layers: {unhooked} are not hooked in this engine; restart with bootstrap_layers including them")
         if not self.config.capture:
             raise SteeringError("capture: activation capture is off; build the engine with VLLMSteeringConfig(capture=True)")
+        # Per prompt: its tokens after the first (position 0 is an attention sink), or its only token.
+        expected = [max(1, len(ids) - 1) for ids in prompt_ids]
+        means: dict[int, dict[int, np.ndarray]] = {layer: {} for layer in layers}
+        todo = list(range(len(prompt_ids)))
+        for _attempt in range(3):
+            sums = self._capture_round(prompt_ids, todo, layers)
+            for index in todo:
+                entries = [sums.get(layer, {}).get(index) for layer in layers]
+                if all(e is not None and e[1] == expected[index] for e in entries):
+                    for layer, (raw, count) in zip(layers, entries, strict=True):
+                        means[layer][index] = np.frombuffer(raw, dtype=np.float64) / count
+            todo = [i for i in todo if i not in means[layers[0]]]
+            if not todo:
+                break
+        if todo:
+            raise SteeringError(
+                f"capture: prompts {todo} ran (partly) inside replayed CUDA graphs, which skip the capture op; "
+                "build the engine with enforce_eager=True for extraction, or extract with the transformers backend"
+            )
+        return {layer: torch.from_numpy(sum(per.values()) / len(prompt_ids)).to(torch.float32) for layer, per in means.items()}
+
+    def _capture_round(self, prompt_ids: list[list[int]], indices: list[int], layers: list[int]) -> dict[int, dict[int, tuple[bytes, int]]]:
+        """Run ``indices`` once with capture on; per layer and prompt index: (float64 sum bytes, token count)."""
         with self._capture_lock:
             self._call(lambda: self.engine.collective_rpc("steer_capture_begin", args=(layers,)))
             try:
                 job = _Job()
                 config = GenerationConfig(max_new_tokens=1)
-                for index, ids in enumerate(prompt_ids):
+                graph_max = int(self.worker_info.get("graph_max_tokens", 0))
+                if graph_max:
+                    # A filler request scheduled in the same step pushes it past the CUDA-graph sizes, so the step
+                    # runs the compiled graph without replay and the Python capture op sees every token.
+                    length = min(graph_max + 1, (self.config.max_model_len or graph_max + 2) - 1)
+                    filler = [int(prompt_ids[0][0])] * length
+                    job.requests.append(_Request(f"ss-fill-{next(self._ids)}", -1, filler, self._params(config, 0, 1), None, job, salt=uuid.uuid4().hex))
+                for index in indices:
                     salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
-                    job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, ids, self._params(config, index, 1), None, job, capture_id=index, salt=salt))
+                    job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, prompt_ids[index], self._params(config, index, 1), None, job, capture_id=index, salt=salt))
                 job.remaining = len(job.requests)
                 self._inbox.put(("job", job))
                 for _ in self._events(job):
@@ -519,18 +546,7 @@ class VLLMSteerModel(SteerableModel):
             finally:
                 results = self._call(lambda: self.engine.collective_rpc("steer_capture_end"))
         sums = results[0]  # ranks hold replicated residuals: rank 0 is enough
-        out: dict[int, torch.Tensor] = {}
-        for layer in layers:
-            per = sums.get(layer) or sums.get(str(layer)) or {}
-            total = np.zeros(self.hidden_size, dtype=np.float64)
-            for index in range(len(prompt_ids)):
-                entry = per.get(index) or per.get(str(index))
-                if entry is None:
-                    raise SteeringError(f"capture: no activations came back for prompt {index} at layer {layer}")
-                raw, count = entry
-                total += np.frombuffer(raw, dtype=np.float64) / count
-            out[layer] = torch.from_numpy(total / len(prompt_ids)).to(torch.float32)
-        return out
+        return {int(layer): {int(i): entry for i, entry in per.items()} for layer, per in sums.items()}
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def worker_slots(self, spec: SteeringSpec) -> dict[int, dict[str, Any]] | None:

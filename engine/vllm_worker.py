@@ -296,6 +296,19 @@ def _bytes_to_rows(payload: dict[str, Any], hidden: int) -> dict[str, torch.Tens
 _NO_OP = {"add": 0.0, "cap_dir": 0.0, "cap_min": float("-inf"), "cap_max": float("inf"), "abl_dir": 0.0, "abl_scale": 1.0}
 
 
+def _graph_max_tokens(runner: Any) -> int:
+    """The largest batch (in tokens) that replays a CUDA graph; 0 when no graphs run (CPU, enforce_eager).
+
+    A replayed graph never calls back into Python, so the capture op only sees steps with more tokens than this.
+    """
+    config = runner.vllm_config
+    if getattr(runner, "device", torch.device("cpu")).type != "cuda" or config.model_config.enforce_eager:
+        return 0
+    comp = config.compilation_config
+    sizes = getattr(comp, "cudagraph_capture_sizes", None) or []
+    return int(getattr(comp, "max_cudagraph_capture_size", None) or (max(sizes) if sizes else 0))
+
+
 class SteeringWorkerExtension:
     """Methods the driver calls through ``collective_rpc`` (all prefixed ``steer_``, all idempotent)."""
 
@@ -316,6 +329,7 @@ class SteeringWorkerExtension:
             "runner": type(self.model_runner).__name__,  # type: ignore[attr-defined]
             "patched": PATCHED,
             "device": str(state.device),
+            "graph_max_tokens": _graph_max_tokens(self.model_runner),  # type: ignore[attr-defined]
         }
 
     def steer_write_slot(self, slot: int, layers: dict[Any, dict[str, Any]]) -> bool:
