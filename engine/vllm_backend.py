@@ -533,9 +533,10 @@ class VLLMSteerModel(SteerableModel):
                 if graph_max:
                     # A filler request scheduled in the same step pushes it past the CUDA-graph sizes, so the step
                     # runs the compiled graph without replay and the Python capture op sees every token.
-                    length = min(graph_max + 1, (self.config.max_model_len or graph_max + 2) - 1)
-                    filler = [int(prompt_ids[0][0])] * length
-                    job.requests.append(_Request(f"ss-fill-{next(self._ids)}", -1, filler, self._params(config, 0, 1), None, job, salt=uuid.uuid4().hex))
+                    length = min(graph_max + 1, (self.config.max_model_len or graph_max + 2) - 2)
+                    for _ in range(-(-(graph_max + 1) // length)):  # enough fillers to pass graph_max tokens
+                        filler = [int(prompt_ids[0][0])] * length
+                        job.requests.append(_Request(f"ss-fill-{next(self._ids)}", -1, filler, self._params(config, 0, 1), None, job, salt=uuid.uuid4().hex))
                 for index in indices:
                     salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
                     job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, prompt_ids[index], self._params(config, index, 1), None, job, capture_id=index, salt=salt))

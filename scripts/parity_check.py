@@ -33,6 +33,7 @@ def main() -> int:
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--work-dir", default="/tmp/sidesteer-parity")
     p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
     a = p.parse_args()
     from engine.default_model import resolve_model_path
 
@@ -44,6 +45,7 @@ def main() -> int:
             max_model_len=256,
             gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.2,
             max_slots=8,
+            tensor_parallel_size=a.tensor_parallel_size,
         )
     )
     print("worker_info", vm.worker_info, flush=True)
@@ -75,7 +77,7 @@ def main() -> int:
     prompts = ["The weather today is", "Write a poem about the sea.", "1, 2, 3, 4,"]
     g = GenerationConfig(max_new_tokens=a.tokens, ignore_eos=True)
     ok = True
-    report: dict[str, object] = {"runner": vm.worker_info.get("runner"), "device": vm.worker_info.get("device")}
+    report: dict[str, object] = {"runner": vm.worker_info.get("runner"), "device": vm.worker_info.get("device"), "tensor_parallel_size": a.tensor_parallel_size}
     base_v = vm.generate(prompts, g)
     base_h = hf.generate(prompts, g)
     same = [x.token_ids == y.token_ids for x, y in zip(base_v, base_h, strict=True)]
