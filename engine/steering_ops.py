@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vectors import LayerSteeringSpec
+from vectors import OP_ORDER, LayerSteeringSpec
 
 NO_SLOT = 0  # row 0 of every table: no steering
 
@@ -104,25 +104,47 @@ def write_slot(tables: SlotTables, slot: int, rows: dict[str, torch.Tensor]) -> 
         getattr(tables, name)[slot].copy_(rows[name])
 
 
-def steer_rows(x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables) -> torch.Tensor:
+ALL_OPS: frozenset[str] = frozenset(OP_ORDER)  # "add", "projection_cap", "ablation"
+
+
+def steer_rows(x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, ops: frozenset[str] = ALL_OPS) -> torch.Tensor:
     """Apply each token's slot ops to the residual stream.
 
     Args:
         x: ``[num_tokens, hidden]`` residual stream, float32.
         slot_index: ``[num_tokens]`` int64 slot row per token (0 = unsteered).
         tables: The layer's slot tables.
+        ops: Which ops this engine computes at all. A *layout* choice fixed when the hooks are installed (vLLM traces
+            it once); per-request "off" is always data (row 0), never this argument. Leaving out the cap and the
+            ablation drops their two reductions per layer.
 
     Returns:
         ``[num_tokens, hidden]`` float32 steered stream. Rows with slot 0 equal ``x`` exactly.
     """
-    x = x + tables.add[slot_index]
-    cap_dir = tables.cap_dir[slot_index]  # [num_tokens, hidden]
-    proj = (x * cap_dir).sum(dim=-1, keepdim=True)  # [num_tokens, 1]
-    capped = torch.minimum(torch.maximum(proj, tables.cap_min[slot_index, None]), tables.cap_max[slot_index, None])
-    x = x + (capped - proj) * cap_dir
-    abl_dir = tables.abl_dir[slot_index]
-    comp = (x * abl_dir).sum(dim=-1, keepdim=True)
-    return x + (tables.abl_scale[slot_index, None] - 1.0) * comp * abl_dir
+    if "add" in ops:
+        x = x + tables.add[slot_index]
+    if "projection_cap" in ops:
+        cap_dir = tables.cap_dir[slot_index]  # [num_tokens, hidden]
+        proj = (x * cap_dir).sum(dim=-1, keepdim=True)  # [num_tokens, 1]
+        capped = torch.minimum(torch.maximum(proj, tables.cap_min[slot_index, None]), tables.cap_max[slot_index, None])
+        x = x + (capped - proj) * cap_dir
+    if "ablation" in ops:
+        abl_dir = tables.abl_dir[slot_index]
+        comp = (x * abl_dir).sum(dim=-1, keepdim=True)
+        x = x + (tables.abl_scale[slot_index, None] - 1.0) * comp * abl_dir
+    return x
+
+
+def ops_used(spec_layer: LayerSteeringSpec) -> set[str]:
+    """The ops one layer of a spec needs."""
+    used = set()
+    if spec_layer.vector is not None:
+        used.add("add")
+    if spec_layer.projection_cap is not None:
+        used.add("projection_cap")
+    if spec_layer.ablation is not None:
+        used.add("ablation")
+    return used
 
 
 def steer_layer_output(x: torch.Tensor, layer: LayerSteeringSpec) -> torch.Tensor:

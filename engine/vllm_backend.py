@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent
-from engine.steering_ops import ROW_FIELDS, layer_rows
+from engine.steering_ops import ROW_FIELDS, layer_rows, ops_used
 from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
 from vectors import SteeringError, SteeringSpec
 
@@ -55,6 +55,8 @@ class VLLMSteeringConfig:
         max_num_batched_tokens: Tokens per forward (None = vLLM default).
         enable_prefix_caching: Prefix caching (steered requests are salted by spec).
         capture: Install the activation-capture op (needed by ``mean_activations``/``mean_difference``).
+        ops: The ops the hooks compute, fixed for the engine's life (part of the compiled graph): any of ``"add"``,
+            ``"projection_cap"``, ``"ablation"``. ``("add",)`` drops two reductions per hooked layer for add-only use.
         seed: Engine seed.
         data_parallel_size: vLLM data parallelism (engine replicas).
         distributed_executor_backend: ``"mp"``, ``"ray"`` or None.
@@ -73,6 +75,7 @@ class VLLMSteeringConfig:
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
     capture: bool = True
+    ops: tuple[str, ...] = ("add", "projection_cap", "ablation")
     seed: int = 0
     data_parallel_size: int = 1
     distributed_executor_backend: str | None = None
@@ -82,6 +85,9 @@ class VLLMSteeringConfig:
         """Refuse settings that break the token alignment steering relies on."""
         if self.max_slots < 1:
             raise SteeringError(f"max_slots: {self.max_slots} must be >= 1")
+        unknown = set(self.ops) - {"add", "projection_cap", "ablation"}
+        if unknown or not self.ops:
+            raise SteeringError(f"ops: {sorted(unknown) or 'empty'} — use a non-empty subset of 'add', 'projection_cap', 'ablation'")
         bad = {
             "enable_dbo": "dual-batch overlap splits batches into micro-batches the slot index does not follow",
             "speculative_config": "speculative decoding runs an unsteered draft model and verifies several tokens per step",
@@ -231,6 +237,7 @@ class VLLMSteerModel(SteerableModel):
                     "max_slots": c.max_slots,
                     "hidden_size": self.hidden_size,
                     "capture": c.capture,
+                    "ops": sorted(c.ops),
                 }
             },
         }
@@ -414,6 +421,12 @@ class VLLMSteerModel(SteerableModel):
     # -- generation -----------------------------------------------------------------------------------------------
     def validate_spec(self, spec: SteeringSpec) -> SteeringSpec:
         spec = super().validate_spec(spec)
+        missing_ops = sorted(set().union(*(ops_used(layer) for layer in spec.layers.values())) - set(self.config.ops))
+        if missing_ops:
+            raise SteeringError(
+                f"ops: the spec uses {missing_ops}, which this engine does not compute (VLLMSteeringConfig.ops="
+                f"{tuple(self.config.ops)}); restart with them in ops"
+            )
         unhooked = sorted(set(spec.active_layers()) - set(self.bootstrap_layers))
         if unhooked:
             raise SteeringError(

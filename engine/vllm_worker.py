@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.layers import layer_list_at
-from engine.steering_ops import ROW_FIELDS, SlotTables, steer_rows
+from engine.steering_ops import ALL_OPS, ROW_FIELDS, SlotTables, steer_rows
 
 logger = logging.getLogger("sidesteer.vllm_worker")
 
@@ -97,6 +97,7 @@ class WorkerSteering:
         self.hidden_size = int(cfg["hidden_size"])
         self.max_slots = int(cfg["max_slots"])
         self.capture = bool(cfg.get("capture", True))
+        self.ops = frozenset(cfg.get("ops", ALL_OPS))  # layout: traced once, never changed per request
         max_tokens = int(runner.scheduler_config.max_num_batched_tokens) + 64
         self.max_tokens = max_tokens
         # Per-token slot row; the hook reads slot_index[:num_tokens]. Updated in place only (CUDA-graph replay).
@@ -128,6 +129,7 @@ class WorkerSteering:
         slot_index = self.slot_index
         sink = self.sinks[layer]
         capture = self.capture
+        ops = self.ops
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             if isinstance(output, tuple) and len(output) == 2 and output[1] is not None:
@@ -136,7 +138,7 @@ class WorkerSteering:
             else:
                 hidden, residual = (output[0] if isinstance(output, tuple) else output), None
                 stream = hidden.to(torch.float32)
-            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables)
+            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables, ops)
             if capture:
                 torch.ops.sidesteer.capture(steered, sink, layer)
             out = steered.to(hidden.dtype)
@@ -329,6 +331,7 @@ class SteeringWorkerExtension:
             "runner": type(self.model_runner).__name__,  # type: ignore[attr-defined]
             "patched": PATCHED,
             "device": str(state.device),
+            "ops": sorted(state.ops),
             "graph_max_tokens": _graph_max_tokens(self.model_runner),  # type: ignore[attr-defined]
         }
 

@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="per engine (two engines share the device)")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-slots", type=int, default=64)
+    p.add_argument("--ops", default="add,projection_cap,ablation", help="op layout of the steered engine (e.g. 'add' for add-only hooks)")
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
     p.add_argument("--hf-rounds", type=int, default=1)
     p.add_argument("--latency-rounds", type=int, default=5)
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gpu_memory_utilization=util,
         enable_prefix_caching=a.prefix_caching,
         max_slots=a.max_slots,
+        ops=tuple(a.ops.split(",")),
         engine_kwargs={"load_format": "dummy"} if dummy else {},
     )
     t = time.perf_counter()

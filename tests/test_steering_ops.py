@@ -77,3 +77,16 @@ def test_equivalent_formulations():
     a = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(c, 0.5)))
     b = steer_layer_output(x, LayerSteeringSpec(ablation=AblationSpec(7 * c, 0.5)))
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_op_layout_subsets_compute_only_their_ops():
+    from engine.steering_ops import steer_rows as rows
+
+    tables = SlotTables.empty(1, H)
+    v, d = torch.randn(H), torch.randn(H)
+    layer = LayerSteeringSpec(v, 2.0, ProjectionCapSpec(d, max=0.0), AblationSpec(d, 0.0))
+    write_slot(tables, 1, layer_rows(layer, H))
+    x = torch.randn(4, H)
+    idx = torch.ones(4, dtype=torch.long)
+    assert torch.allclose(rows(x, idx, tables, frozenset({"add"})), x + 2.0 * v)
+    assert torch.equal(rows(x, idx, tables), steer_layer_output(x, layer)) or torch.allclose(rows(x, idx, tables), steer_layer_output(x, layer))

@@ -34,10 +34,11 @@ SPECS = [
 ]
 
 
-def start(path, **kwargs):
+def start(path, ops=("add", "projection_cap", "ablation"), **kwargs):
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
-    return VLLMSteerModel(VLLMSteeringConfig(model_name=str(path), dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, max_slots=4), **kwargs)
+    config = VLLMSteeringConfig(model_name=str(path), dtype="float32", max_model_len=512, gpu_memory_utilization=0.05, max_slots=4, ops=ops)
+    return VLLMSteerModel(config, **kwargs)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
@@ -77,13 +78,16 @@ def _engine_death_and_restart(model, hf, want):
     model.clear_all_vectors()
 
 
-def test_bootstrap_layers_limit_what_can_be_steered(tmp_path_factory):
+def test_bootstrap_layers_and_add_only_layout(tmp_path_factory):
+    """An engine hooking only layer 1 with the add-only layout: steers exactly, refuses the rest by name."""
     path = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama-boot"))
-    model = start(path, bootstrap_layers=[1])
+    model = start(path, ops=("add",), bootstrap_layers=[1])
     try:
-        assert model.worker_info["layers"] == [1]
+        assert model.worker_info["layers"] == [1] and model.worker_info["ops"] == ["add"]
         with pytest.raises(SteeringError, match=r"\[2\] are not hooked"):
             model.generate(PROMPTS, CFG, steering=SPECS[0])
+        with pytest.raises(SteeringError, match=r"ops: the spec uses \['ablation', 'projection_cap'\]"):
+            model.generate(PROMPTS, CFG, steering=SPECS[1])
         hf = HFSteerModel(str(path), dtype="float32")
         spec = SteeringSpec({1: SPECS[0].layers[1]})
         assert [g.token_ids for g in model.generate(PROMPTS, CFG, steering=spec)] == [g.token_ids for g in hf.generate(PROMPTS, CFG, steering=spec)]
@@ -104,3 +108,5 @@ def test_refused_engine_features():
             VLLMSteeringConfig(engine_kwargs=kwargs).check()
     with pytest.raises(SteeringError, match="max_slots"):
         VLLMSteeringConfig(max_slots=0).check()
+    with pytest.raises(SteeringError, match="ops: \\['steer'\\]"):
+        VLLMSteeringConfig(ops=("add", "steer")).check()
