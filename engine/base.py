@@ -373,6 +373,20 @@ class SteerableModel(abc.ABC):
         """Release the backend's resources."""
 
 
+def spec_keys(specs: Sequence[SteeringSpec | None]) -> list[str | None]:
+    """Each prompt's spec fingerprint, hashing every distinct spec object once (a batch repeats a few specs)."""
+    by_id: dict[int, str] = {}
+    keys: list[str | None] = []
+    for spec in specs:
+        if spec is None:
+            keys.append(None)
+            continue
+        if id(spec) not in by_id:
+            by_id[id(spec)] = spec.fingerprint()
+        keys.append(by_id[id(spec)])
+    return keys
+
+
 class IncrementalDecoder:
     """Turns a growing list of token ids into text increments without splitting multi-byte characters."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent
+from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
 from engine.layers import find_decoder_layers
 from engine.steering_ops import SlotTables, layer_rows, steer_rows, write_slot
 from vectors import SteeringError, SteeringSpec
@@ -36,11 +36,10 @@ def build_batch_tables(specs: Sequence[SteeringSpec | None], hidden_size: int, d
     slots: dict[str, int] = {}
     distinct: list[SteeringSpec] = []
     row_slots = []
-    for spec in specs:
-        if spec is None or spec.is_empty():
+    for spec, key in zip(specs, spec_keys(specs), strict=True):
+        if spec is None or key is None or spec.is_empty():
             row_slots.append(0)
             continue
-        key = spec.fingerprint()
         if key not in slots:
             distinct.append(spec)
             slots[key] = len(distinct)
@@ -204,13 +203,14 @@ class HFSteerModel(SteerableModel):
             for row, tok in enumerate(step):
                 if tok is not None:
                     tokens[row].append(tok)
+        keys = spec_keys(specs)
         return [
             Generation(
                 text=self.tokenizer.decode(tokens[row], skip_special_tokens=True),
                 token_ids=tokens[row],
                 finish_reason=reasons[row] or "length",  # type: ignore[arg-type]
                 prompt_token_ids=prompt_ids[row],
-                spec_fingerprint=None if specs[row] is None else specs[row].fingerprint(),
+                spec_fingerprint=keys[row],
             )
             for row in range(len(prompt_ids))
         ]

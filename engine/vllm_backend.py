@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent
+from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
 from engine.steering_ops import ROW_FIELDS, layer_rows, ops_used
 from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
 from vectors import SteeringError, SteeringSpec
@@ -455,11 +455,9 @@ class VLLMSteerModel(SteerableModel):
     def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False) -> _Job:
         self._raise_if_dead()
         job = _Job()
-        keys: dict[int, str] = {}  # id(spec) -> fingerprint: a batch usually repeats a few spec objects
-        for index, (ids, spec) in enumerate(zip(prompt_ids, specs, strict=True)):
+        for index, (ids, spec, key) in enumerate(zip(prompt_ids, specs, spec_keys(specs), strict=True)):
             if not ids:
                 raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
-            key = None if spec is None else keys.setdefault(id(spec), spec.fingerprint())
             salt = None if key is None else "sidesteer-" + key[:32]
             job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt, key=key))
         job.remaining = len(job.requests)
