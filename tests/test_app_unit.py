@@ -260,3 +260,16 @@ def test_only_app_imports_gradio():
             for node in ast.walk(ast.parse(path.read_text())):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 assert not any(n.split(".")[0] == "gradio" for n in names), f"{path} imports gradio"
+
+
+def test_server_refuses_uploads_over_the_limit(engine, registry):
+    """A 17 MB upload is refused by the server before any handler sees it; a small one is accepted."""
+    import httpx
+
+    from tests.test_app_support import serve
+
+    with serve(engine, registry) as url:
+        big = httpx.post(url + "gradio_api/upload", files={"files": ("big.safetensors", b"\0" * (17 * 1024 * 1024))}, timeout=60)
+        small = httpx.post(url + "gradio_api/upload", files={"files": ("small.safetensors", b"\0" * 1024)}, timeout=60)
+    assert big.status_code == 413, (big.status_code, big.text[:200])
+    assert small.status_code == 200
