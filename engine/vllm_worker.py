@@ -111,7 +111,6 @@ class WorkerSteering:
         self._ring = 0
         self.req_slots: dict[str, int] = {}
         self.req_capture: dict[str, int] = {}
-        self.req_skip_first: set[str] = set()  # capture requests whose position-0 token is still to come
         self.tables: dict[int, SlotTables] = {}
         self.sinks: dict[int, torch.Tensor] = {}
         self.handles = []
@@ -152,18 +151,21 @@ class WorkerSteering:
 
     # -- per step --------------------------------------------------------------------------------------------
     def update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
-        """Fill the per-token slot index for one forward (request order = the runner's token order)."""
+        """Fill the per-token slot index for one forward (request order = the runner's token order).
+
+        Idempotent for one scheduler output: calling it twice for the same step gives the same index.
+        """
+        first_here: set[str] = set()  # capture requests whose position-0 token is in this step
         for new in getattr(scheduler_output, "scheduled_new_reqs", ()) or ():
             extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
             self.req_slots[new.req_id] = int(extra.get(SLOT_ARG, 0))
             if CAPTURE_ARG in extra:
                 self.req_capture[new.req_id] = int(extra[CAPTURE_ARG])
                 if extra.get(SKIP_FIRST_ARG) and int(getattr(new, "num_computed_tokens", 0) or 0) == 0:
-                    self.req_skip_first.add(new.req_id)
+                    first_here.add(new.req_id)
         for rid in getattr(scheduler_output, "finished_req_ids", ()) or ():
             self.req_slots.pop(rid, None)
             self.req_capture.pop(rid, None)
-            self.req_skip_first.discard(rid)
         counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
         total = int(counts.sum())
         slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
@@ -176,9 +178,8 @@ class WorkerSteering:
             token_ids = np.repeat(cids, counts)
             starts = np.cumsum(counts) - counts
             for i, rid in enumerate(req_ids):
-                if rid in self.req_skip_first and counts[i] > 0:
+                if rid in first_here and counts[i] > 0:
                     token_ids[starts[i]] = -1  # position 0 of the prompt
-                    self.req_skip_first.discard(rid)
             session.token_ids = token_ids
         if self.device.type == "cuda":
             # Ring of pinned buffers: never overwrite host memory an earlier async copy may still be reading.
