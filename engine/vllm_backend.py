@@ -161,6 +161,8 @@ class SlotManager:
     def release(self, slot: int) -> None:
         if slot:
             self.refs[slot] -= 1
+            if self.refs[slot] == 0 and slot not in self.by_key.values():  # its contents were forgotten while in use
+                self.free.append(slot)
 
     def in_use(self) -> int:
         return sum(1 for r in self.refs[1:] if r > 0)
@@ -368,7 +370,7 @@ class VLLMSteerModel(SteerableModel):
                 # goes to the workers in ONE collective_rpc: each RPC waits for the engine core's current step, so
                 # one per spec (a 51-scale sweep) would stall the driver for 51 steps.
                 admitted: list[_Request] = []
-                uploads: dict[int, SteeringSpec] = {}
+                uploads: dict[int, tuple[str, SteeringSpec]] = {}
                 while pending:
                     req = pending[0]
                     if req.spec is not None:
@@ -377,17 +379,15 @@ class VLLMSteerModel(SteerableModel):
                             break
                         req.slot, upload = got
                         if upload:
-                            uploads[req.slot] = req.spec
+                            uploads[req.slot] = (req.key or req.spec.fingerprint(), req.spec)
                     admitted.append(pending.popleft())
                 if uploads:
                     try:
-                        payload = [(slot, spec_payload(spec, self.hidden_size)) for slot, spec in uploads.items()]
-                        self.engine.collective_rpc("steer_write_slots", args=(payload,))
+                        self._write_slots(uploads)
                     except BaseException:
                         for req in admitted:
                             self.slots.release(req.slot)
-                        for spec in uploads.values():
-                            self.slots.forget(spec.fingerprint())
+                        pending.extendleft(reversed(admitted))  # so the error below reaches their callers too
                         raise
                 for req in admitted:
                     req.params.extra_args = {SLOT_ARG: req.slot}
@@ -417,6 +417,19 @@ class VLLMSteerModel(SteerableModel):
                 running.clear()
                 pending.clear()
                 return
+
+    def _write_slots(self, uploads: dict[int, tuple[str, SteeringSpec]]) -> None:
+        """Send new slot contents (slot -> (fingerprint, spec)) to every worker in one RPC.
+
+        On failure the slots forget the contents they never received.
+        """
+        try:
+            payload = [(slot, spec_payload(spec, self.hidden_size)) for slot, (_, spec) in uploads.items()]
+            self.engine.collective_rpc("steer_write_slots", args=(payload,))
+        except BaseException:
+            for key, _ in uploads.values():
+                self.slots.forget(key)
+            raise
 
     # -- generation -----------------------------------------------------------------------------------------------
     def validate_spec(self, spec: SteeringSpec) -> SteeringSpec:
@@ -572,16 +585,16 @@ class VLLMSteerModel(SteerableModel):
         """Load ``spec`` into a slot now (normally done lazily on first use). Returns the slot."""
         spec = self.validate_spec(spec)
 
+        key = spec.fingerprint()
+
         def do() -> int:
-            got = self.slots.acquire(spec.fingerprint())
+            got = self.slots.acquire(key)
             if got is None:
                 raise SteeringError("slots: every steering slot is busy; wait for running requests or raise max_slots")
             slot, needs = got
-            try:
-                if needs:
-                    self.engine.collective_rpc("steer_write_slot", args=(slot, spec_payload(spec, self.hidden_size)))
-            finally:
-                self.slots.release(slot)
+            self.slots.release(slot)  # loaded contents stay cached under the key; nothing runs with it yet
+            if needs:
+                self._write_slots({slot: (key, spec)})
             return slot
 
         return self._call(do)
