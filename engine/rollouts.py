@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from engine.base import GenerationConfig, Prompt, SteerableModel
 from vectors import SteeringError, SteeringSpec, VectorEntry, VectorRegistry
+from vectors.safetensors_io import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATASET_ROOT = REPO_ROOT / "datasets"
@@ -411,13 +412,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
     _fsync_dir(path.parent)
 
 
