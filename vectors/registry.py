@@ -12,7 +12,6 @@ Each file holds one float32 tensor ``"vector"`` (``[hidden_size]``) and, under t
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import warnings
@@ -25,7 +24,7 @@ from typing import Any
 import torch
 
 from vectors.errors import SteeringError
-from vectors.safetensors_io import atomic_write_bytes, decode, encode, read_limited
+from vectors.safetensors_io import atomic_write_bytes, decode, encode, read_limited, tensor_sha256
 from vectors.spec import as_vector
 
 VECTOR_FORMAT = "sidesteer.vector"
@@ -50,11 +49,6 @@ def validate_name(name: Any) -> str:
             "a letter or digit (no path separators, no '..'), e.g. 'happy' or 'formal-v2'"
         )
     return name
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a vector's little-endian float32 bytes."""
-    return hashlib.sha256(t.to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).hexdigest()
 
 
 def _utc_now() -> str:

@@ -6,6 +6,7 @@ header length, JSON header, raw tensor data), checked before any tensor is built
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,6 +20,11 @@ from safetensors.torch import save as st_save
 from vectors.errors import SteeringError
 
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a spec for a 70B model (8192 hidden x 80 layers x 3 ops fp32) is ~8 MB
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's little-endian float32 bytes (the hash both file kinds record per tensor)."""
+    return hashlib.sha256(t.to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -13,7 +13,6 @@ Tensors are float32, named ``layers.{L}.vector``, ``layers.{L}.projection_cap.ve
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,12 @@ import torch
 
 from vectors.convention import LAYER_CONVENTION, OP_ORDER
 from vectors.errors import SteeringError
-from vectors.safetensors_io import atomic_write_bytes, decode, encode, read_limited
+from vectors.safetensors_io import atomic_write_bytes, decode, encode, read_limited, tensor_sha256
 from vectors.spec import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringSpec
 
 SPEC_FORMAT = "sidesteer.steering_spec"
 SPEC_VERSION = 1
 METADATA_KEY = "sidesteer"
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    """sha256 of a tensor's float32 little-endian bytes."""
-    return hashlib.sha256(t.to(torch.float32).contiguous().numpy().astype("<f4").tobytes()).hexdigest()
 
 
 def spec_to_bytes(spec: SteeringSpec) -> bytes:
