@@ -54,7 +54,7 @@ def create_engine(backend: str, model: str) -> Any:
     if backend == "vllm":
         from engine import VLLMSteeringConfig, VLLMSteerModel
 
-        return VLLMSteerModel(VLLMSteeringConfig(model_name=model))
+        return VLLMSteerModel(VLLMSteeringConfig(model_name=model, capture=True))  # the Registry tab extracts vectors
     from engine import HFSteerModel
 
     return HFSteerModel(model)

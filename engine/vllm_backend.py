@@ -54,7 +54,10 @@ class VLLMSteeringConfig:
         max_num_seqs: vLLM's batch size limit (None = vLLM default).
         max_num_batched_tokens: Tokens per forward (None = vLLM default).
         enable_prefix_caching: Prefix caching (steered requests are salted by spec).
-        capture: Install the activation-capture op (needed by ``mean_activations``/``mean_difference``).
+        capture: Install the activation-capture op (needed by ``mean_activations``/``mean_difference``). Off by
+            default: the op is an opaque call per hooked layer that splits the layer's fused kernels and, on steps
+            that run outside a CUDA graph (prefills, batches above the largest graph size), costs a Python call per
+            layer per step. Turn it on for engines that extract vectors (the app does).
         ops: The ops the hooks compute, fixed for the engine's life (part of the compiled graph): any of ``"add"``,
             ``"projection_cap"``, ``"ablation"``. ``("add",)`` drops two reductions per hooked layer for add-only use.
         seed: Engine seed.
@@ -74,7 +77,7 @@ class VLLMSteeringConfig:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
-    capture: bool = True
+    capture: bool = False
     ops: tuple[str, ...] = ("add", "projection_cap", "ablation")
     seed: int = 0
     data_parallel_size: int = 1

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.kernel_timer import KernelTimerExtension
 from engine.layers import layer_list_at
 from engine.steering_ops import ALL_OPS, ROW_FIELDS, SlotTables, steer_rows
 
@@ -109,6 +110,8 @@ class WorkerSteering:
             self._pinned = [torch.zeros(max_tokens, dtype=torch.long).pin_memory() for _ in range(4)]
             self._events = [None] * 4
         self._ring = 0
+        self._index_dirty = False  # slot_index on the device holds a non-zero row somewhere
+        self.n_steered = 0  # live requests with a non-zero slot (0: every step's index is all zeros)
         self.req_slots: dict[str, int] = {}
         self.req_capture: dict[str, int] = {}
         self.tables: dict[int, SlotTables] = {}
@@ -158,21 +161,31 @@ class WorkerSteering:
         first_here: set[str] = set()  # capture requests whose position-0 token is in this step
         for new in getattr(scheduler_output, "scheduled_new_reqs", ()) or ():
             extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
-            self.req_slots[new.req_id] = int(extra.get(SLOT_ARG, 0))
+            slot = int(extra.get(SLOT_ARG, 0))
+            self.n_steered += (slot != 0) - (self.req_slots.get(new.req_id, 0) != 0)
+            self.req_slots[new.req_id] = slot
             if CAPTURE_ARG in extra:
                 self.req_capture[new.req_id] = int(extra[CAPTURE_ARG])
                 if extra.get(SKIP_FIRST_ARG) and int(getattr(new, "num_computed_tokens", 0) or 0) == 0:
                     first_here.add(new.req_id)
         for rid in getattr(scheduler_output, "finished_req_ids", ()) or ():
-            self.req_slots.pop(rid, None)
+            self.n_steered -= self.req_slots.pop(rid, 0) != 0
             self.req_capture.pop(rid, None)
+        session = _ACTIVE_CAPTURE
+        if self.n_steered == 0 and session is None:
+            # Nothing steered anywhere: the index must be all zeros, and it already is unless a steered step ran
+            # last. Skipping the per-request work keeps unsteered traffic at plain-vLLM host cost.
+            if self._index_dirty:
+                self._host[:] = 0
+                self._upload()
+                self._index_dirty = False
+            return
         counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
         total = int(counts.sum())
         slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
         host = self._host
         host[:total] = np.repeat(slots, counts)
         host[total:] = 0
-        session = _ACTIVE_CAPTURE
         if session is not None:
             cids = np.fromiter((self.req_capture.get(r, -1) for r in req_ids), dtype=np.int64, count=len(req_ids))
             token_ids = np.repeat(cids, counts)
@@ -181,6 +194,12 @@ class WorkerSteering:
                 if rid in first_here and counts[i] > 0:
                     token_ids[starts[i]] = -1  # position 0 of the prompt
             session.token_ids = token_ids
+        self._upload()
+        self._index_dirty = bool(slots.any())
+
+    def _upload(self) -> None:
+        """Copy the host slot index to the device buffer in place (asynchronously on CUDA)."""
+        host = self._host
         if self.device.type == "cuda":
             # Ring of pinned buffers: never overwrite host memory an earlier async copy may still be reading.
             i = self._ring = (self._ring + 1) % len(self._pinned)
@@ -312,7 +331,7 @@ def _graph_max_tokens(runner: Any) -> int:
     return int(getattr(comp, "max_cudagraph_capture_size", None) or (max(sizes) if sizes else 0))
 
 
-class SteeringWorkerExtension:
+class SteeringWorkerExtension(KernelTimerExtension):
     """Methods the driver calls through ``collective_rpc`` (all prefixed ``steer_``, all idempotent)."""
 
     def _steer_state(self) -> WorkerSteering:

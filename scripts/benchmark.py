@@ -179,10 +179,35 @@ def configurations(num_layers: int, hidden: int, n: int) -> dict[str, list[Steer
 
 # -- measurement ---------------------------------------------------------------------------------------------------
 def timed(fn: Callable[[], int]) -> tuple[float, int]:
-    """``(seconds, generated tokens)`` of one call."""
-    t0 = time.perf_counter()
-    tokens = fn()
-    return time.perf_counter() - t0, tokens
+    """``(seconds, generated tokens)`` of one call, with the driver's garbage collector collected first and paused
+    during the call (a generation-2 collection over a 1024-request batch is a pause of tens of milliseconds that
+    would land on whichever configuration happens to trigger it)."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        tokens = fn()
+        return time.perf_counter() - t0, tokens
+    finally:
+        gc.enable()
+
+
+KERNEL_TIMER = "engine.kernel_timer.KernelTimerExtension"
+
+
+def kernel_time(rpc: Callable[..., list[Any]], fn: Callable[[], int]) -> dict[str, Any]:
+    """GPU kernel time of one call, summed over the engine's workers (see :mod:`engine.kernel_timer`)."""
+    rpc("steer_kernel_time_begin")
+    try:
+        tokens = fn()
+    finally:
+        per_worker = rpc("steer_kernel_time_end")
+    return {
+        "kernel_ms": sum(w["kernel_us"] for w in per_worker) / 1000,
+        "launches": sum(w["launches"] for w in per_worker),
+        "tokens": tokens,
+        "top": per_worker[0]["top"],
+    }
 
 
 def plain_engine(args: dict[str, Any]) -> Any:
@@ -287,6 +312,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-slots", type=int, default=64)
     p.add_argument("--ops", default="add,projection_cap,ablation", help="op layout of the steered engine (e.g. 'add' for add-only hooks)")
+    p.add_argument("--capture", action="store_true", help="install the activation-capture op in the steered engine (off by default, as in VLLMSteeringConfig)")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="vLLM max_num_seqs for both engines (default: vLLM's)")
+    p.add_argument(
+        "--cudagraph-max", type=int, default=None, help="largest CUDA-graph batch for both engines (vLLM default: min(2 * max_num_seqs, 512))"
+    )
+    p.add_argument(
+        "--kernel-time-rounds",
+        type=int,
+        default=None,
+        help="calls per configuration timed by GPU kernel time after the throughput rounds (default 2 on CUDA, 0 elsewhere)",
+    )
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
     p.add_argument("--hf-rounds", type=int, default=1)
     p.add_argument("--latency-rounds", type=int, default=5)
@@ -302,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path, dummy = resolve_model(a.model, a.tokenizer, a.work_dir, a.dtype)
     max_len = a.max_model_len or (a.input_len + a.output_len + 16)
     util = a.gpu_memory_utilization or (0.4 if on_cuda else 0.15)
+    engine_kwargs: dict[str, Any] = {"load_format": "dummy"} if dummy else {}
+    if a.cudagraph_max is not None:
+        engine_kwargs["compilation_config"] = {"max_cudagraph_capture_size": a.cudagraph_max}
+    kt_rounds = (2 if on_cuda else 0) if a.kernel_time_rounds is None else a.kernel_time_rounds
     cfg = VLLMSteeringConfig(
         model_name=path,
         dtype=a.dtype,
@@ -310,14 +350,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         enable_prefix_caching=a.prefix_caching,
         max_slots=a.max_slots,
         ops=tuple(a.ops.split(",")),
-        engine_kwargs={"load_format": "dummy"} if dummy else {},
+        capture=a.capture,
+        max_num_seqs=a.max_num_seqs,
+        engine_kwargs=engine_kwargs,
     )
     t = time.perf_counter()
     steer = VLLMSteerModel(cfg)
     start_steered = time.perf_counter() - t
     plain_args = steer._engine_args()
-    plain_args.pop("worker_extension_cls")
-    plain_args.pop("additional_config")
+    plain_args.pop("additional_config")  # no steering layout: no hooks, no slot tables, no runner wrappers
+    plain_args["worker_extension_cls"] = KERNEL_TIMER  # kernel timing only (imports nothing of the steering)
     t = time.perf_counter()
     plain = plain_engine(plain_args)
     start_plain = time.perf_counter() - t
@@ -371,10 +413,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "prefix_caching": a.prefix_caching,
             "gpu_memory_utilization_per_engine": util,
             "max_slots": a.max_slots,
+            "max_num_seqs": a.max_num_seqs,
+            "cudagraph_max": a.cudagraph_max,
         },
         "steered_engine": {
             "runner": steer.worker_info.get("runner"),
             "hooked_layers": len(steer.worker_info.get("layers", [])),
+            "ops": steer.worker_info.get("ops"),
+            "capture_op": a.capture,
+            "graph_max_tokens": steer.worker_info.get("graph_max_tokens"),
             "start_s": start_steered,
         },
         "plain_engine": {"start_s": start_plain},
@@ -393,6 +440,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).write_text(json.dumps(result, indent=1))
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
+
+    # GPU kernel time per configuration: immune to host noise, so it resolves what the hooks cost the GPU.
+    if kt_rounds:
+        ktimes: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+        plain_rpc = plain.collective_rpc
+
+        def steer_rpc(method: str) -> list[Any]:
+            return steer._call(lambda: steer.engine.collective_rpc(method))
+
+        for r in range(kt_rounds):
+            for name in names:
+                ktimes[name].append(kernel_time(plain_rpc if name == "unsteered" else steer_rpc, runs[name]))
+        base_ms = statistics.median(k["kernel_ms"] for k in ktimes["unsteered"])
+        result["gpu_kernel_time"] = {
+            name: {
+                "kernel_ms_median": statistics.median(k["kernel_ms"] for k in ks),
+                "kernel_ms": [k["kernel_ms"] for k in ks],
+                "launches": ks[0]["launches"],
+                "pct_of_ceiling": 100 * base_ms / statistics.median(k["kernel_ms"] for k in ks),
+                "top": ks[0]["top"],
+            }
+            for name, ks in ktimes.items()
+        }
+        print("\nGPU kernel time per call (sum over workers; % of ceiling = unsteered time / configuration time):")
+        for name, k in result["gpu_kernel_time"].items():
+            print(f"{name:32s} {k['kernel_ms_median']:10.1f} ms  launches {k['launches']:8d}  {k['pct_of_ceiling']:6.2f}%  {k['kernel_ms']}")
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=1))
 
     # Latency of one compare pair (2 requests, same prompt): steered pair vs the ceiling's unsteered pair.
     if a.latency_rounds:

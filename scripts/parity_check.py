@@ -46,6 +46,7 @@ def main() -> int:
             gpu_memory_utilization=0.3 if torch.cuda.is_available() else 0.2,
             max_slots=8,
             tensor_parallel_size=a.tensor_parallel_size,
+            capture=True,
         )
     )
     print("worker_info", vm.worker_info, flush=True)

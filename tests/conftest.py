@@ -71,6 +71,6 @@ def vllm_default(default_model_path):
         pytest.skip("vllm is not installed")
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
-    model = VLLMSteerModel(VLLMSteeringConfig(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.2, max_slots=16))
+    model = VLLMSteerModel(VLLMSteeringConfig(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.2, max_slots=16, capture=True))
     yield model
     model.close()
