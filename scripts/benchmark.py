@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def steer_rpc(method: str) -> list[Any]:
             return steer._call(lambda: steer.engine.collective_rpc(method))
 
-        for r in range(kt_rounds):
+        for _ in range(kt_rounds):
             for name in names:
                 ktimes[name].append(kernel_time(plain_rpc if name == "unsteered" else steer_rpc, runs[name]))
         base_ms = statistics.median(k["kernel_ms"] for k in ktimes["unsteered"])
