@@ -218,8 +218,18 @@ def plain_engine(args: dict[str, Any]) -> Any:
 
 def plain_generate(llm: Any, prompts: list[list[int]], output_len: int) -> int:
     from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
-    params = SamplingParams(max_tokens=output_len, min_tokens=output_len, temperature=0.0, ignore_eos=True, detokenize=False)
+    # FINAL_ONLY, as the steered driver asks for: LLM.generate's default (CUMULATIVE) builds an output object per
+    # request per step, which on a small model costs the ceiling more host time than the steering costs the GPU.
+    params = SamplingParams(
+        max_tokens=output_len,
+        min_tokens=output_len,
+        temperature=0.0,
+        ignore_eos=True,
+        detokenize=False,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)
 
@@ -250,13 +260,14 @@ def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) ->
 def steered_stream_latency(
     model: Any, prompts: list[list[int]], output_len: int, steering: list[SteeringSpec | None]
 ) -> tuple[float, float]:
-    """TTFT and median inter-token latency through ``VLLMSteerModel``'s streaming path."""
+    """TTFT and median inter-token latency through ``VLLMSteerModel``'s streaming path, at the token level (no
+    detokenization, like the ceiling's loop: text decoding is the app's cost with or without steering)."""
     config = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
-    ids, _, specs = [list(p) for p in prompts], config, model.resolve_steering(len(prompts), steering)
+    ids, specs = [list(p) for p in prompts], model.resolve_steering(len(prompts), steering)
     stamps: list[list[float]] = [[] for _ in prompts]
     t0 = time.perf_counter()
-    for event in model._generate_stream(ids, config, specs):
-        stamps[event.index].append(time.perf_counter())
+    for index, _tokens, _finished, _reason in model._events(model._submit(ids, config, specs, stream=True)):
+        stamps[index].append(time.perf_counter())
     return latency_stats(t0, stamps)
 
 
@@ -325,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
     p.add_argument("--hf-rounds", type=int, default=1)
-    p.add_argument("--latency-rounds", type=int, default=5)
+    p.add_argument("--latency-rounds", type=int, default=20)
     p.add_argument("--warmup-prompts", type=int, default=0, help="warm up on this many prompts (0 = all)")
     p.add_argument("--only", default=None, help="comma-separated configurations to run (default: all)")
     p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
