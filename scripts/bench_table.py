@@ -1,0 +1,71 @@
+"""Render the Markdown tables of docs/BENCHMARKS.md from the JSON files ``scripts/benchmark.py`` writes.
+
+Usage:
+    python scripts/bench_table.py docs/bench/h200x2-gpu1-qwen3-0.6b-bf16-rounds.json [more.json ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def throughput_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| configuration | tok/s median | tok/s min..max | % of ceiling (median paired ratio) | paired ratio min..max | rounds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in result["summary"].items():
+        spread = "—" if name == "unsteered" else f"{s['pct_of_ceiling_min']:.1f}..{s['pct_of_ceiling_max']:.1f}"
+        lines.append(
+            f"| {name} | {s['tok_s_median']:.0f} | {s['tok_s_min']:.0f}..{s['tok_s_max']:.0f} | "
+            f"{s['pct_of_ceiling_median']:.1f} | {spread} | {s['rounds']} |"
+        )
+    for name, s in (result.get("transformers") or {}).items():
+        if isinstance(s, dict):
+            lines.append(f"| {name} ({s['note']}) | {s['tok_s']:.0f} | — | {s['pct_of_ceiling']:.1f} | — | — |")
+    return "\n".join(lines)
+
+
+def kernel_table(result: dict[str, Any]) -> str:
+    kt = result.get("gpu_kernel_time")
+    if not kt:
+        return ""
+    lines = [
+        "| configuration | GPU kernel time per call (ms) | kernel launches | % of ceiling (unsteered time / time) | own kernels vs ceiling's (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, k in kt.items():
+        own = f"{k['only_here_ms']:.1f} vs {k['only_in_ceiling_ms']:.1f}" if "only_here_ms" in k else "—"
+        lines.append(f"| {name} | {k['kernel_ms_median']:.1f} | {k['launches']} | {k['pct_of_ceiling']:.2f} | {own} |")
+    return "\n".join(lines)
+
+
+def latency_line(result: dict[str, Any]) -> str:
+    lat = result.get("latency")
+    if not lat:
+        return ""
+    parts = [
+        f"{name}: TTFT {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), ITL {v['itl_ms_median']:.2f} ms "
+        f"({v['itl_pct_of_unsteered']:.0f}%)"
+        for name, v in lat.items()
+    ]
+    return f"Compare-pair latency (median of {len(next(iter(lat.values()))['samples'])}): " + "; ".join(parts)
+
+
+def main(paths: list[str]) -> None:
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        print(f"### {Path(path).name}\n")
+        print(f"{result['machine']['device']}, vLLM {result['machine']['vllm']}, torch {result['machine']['torch']}, {result['date']}\n")
+        print(f"`{result['command']}`\n")
+        print(throughput_table(result) + "\n")
+        for block in (kernel_table(result), latency_line(result)):
+            if block:
+                print(block + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
