@@ -47,11 +47,14 @@ def latency_line(result: dict[str, Any]) -> str:
     lat = result.get("latency")
     if not lat:
         return ""
-    parts = [
-        f"{name}: TTFT {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), ITL {v['itl_ms_median']:.2f} ms "
-        f"({v['itl_pct_of_unsteered']:.0f}%)"
-        for name, v in lat.items()
-    ]
+    base_mean = sum(x[0] for x in lat["unsteered_pair"]["samples"]) / len(lat["unsteered_pair"]["samples"])
+    parts = []
+    for name, v in lat.items():
+        mean = sum(x[0] for x in v["samples"]) / len(v["samples"])  # older files have no ttft_ms_mean
+        parts.append(
+            f"{name}: TTFT median {v['ttft_ms_median']:.1f} ms ({v['ttft_pct_of_unsteered']:.0f}%), mean {1000 * mean:.1f} ms "
+            f"({100 * mean / base_mean:.0f}%), ITL {v['itl_ms_median']:.2f} ms ({v['itl_pct_of_unsteered']:.0f}%)"
+        )
     return f"Compare-pair latency (median of {len(next(iter(lat.values()))['samples'])}): " + "; ".join(parts)
 
 

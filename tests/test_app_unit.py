@@ -236,6 +236,17 @@ def test_import_app_gets_the_package_and_the_script_loads_lazily():
     assert script.resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "hf")
 
 
+def test_vllm_engine_of_the_app_installs_activation_capture(monkeypatch):
+    """The Registry tab creates vectors by mean difference, which needs the capture op (off by default)."""
+    import engine.vllm_backend as backend
+
+    seen = []
+    monkeypatch.setattr(backend, "VLLMSteerModel", lambda config: seen.append(config) or "engine")
+    assert load_app_script().create_engine("vllm", "some/model") == "engine"
+    assert seen[0].capture is True and seen[0].model_name == "some/model"
+    assert backend.VLLMSteeringConfig().capture is False
+
+
 def test_host_and_port_come_from_gradio_env(monkeypatch):
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")
     monkeypatch.setenv("GRADIO_SERVER_PORT", "8123")
