@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="per engine (two engines share the device)")
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-slots", type=int, default=64)
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per engine (every engine alike)")
     p.add_argument("--ops", default="add,projection_cap,ablation", help="op layout of the steered engine (e.g. 'add' for add-only hooks)")
     p.add_argument("--capture", action="store_true", help="install the activation-capture op in the steered engine (off by default, as in VLLMSteeringConfig)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="vLLM max_num_seqs for both engines (default: vLLM's)")
@@ -379,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ops=tuple(a.ops.split(",")),
         capture=a.capture,
         max_num_seqs=a.max_num_seqs,
+        tensor_parallel_size=a.tensor_parallel_size,
         engine_kwargs=engine_kwargs,
     )
     t = time.perf_counter()
@@ -455,6 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "gpu_memory_utilization_per_engine": util,
             "max_slots": a.max_slots,
             "max_num_seqs": a.max_num_seqs,
+            "tensor_parallel_size": a.tensor_parallel_size,
             "cudagraph_max": a.cudagraph_max,
         },
         "steered_engine": {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the vLLM bundle on a bare GPU machine (once) and run one benchmark of issue 5.
+#
+# Usage (from the repository root on the GPU machine, after copying every bundle folder's files into $BUNDLE):
+#   scripts/gpu_bench.sh install BUNDLE_DIR            # joins the split vLLM wheel, pip-installs into /tmp/site
+#   scripts/gpu_bench.sh 0.6b OUT_DIR [extra args]     # Qwen3-0.6B arch, all configurations, A/A control
+#   scripts/gpu_bench.sh 8b OUT_DIR [extra args]       # Qwen3-8B arch, all configurations, A/A control
+#   scripts/gpu_bench.sh tp2 OUT_DIR [extra args]      # Qwen3-0.6B arch at tensor parallel 2 (two GPUs)
+#   scripts/gpu_bench.sh parity OUT_DIR [extra args]   # fp32 token parity + capture (add --tensor-parallel-size 2)
+# The tokenizer comes from $TOKENIZER (default .gpu-bundle/tok). Each benchmark writes OUT_DIR/NAME.json after
+# every round, so a run stopped by a time limit still leaves its finished rounds.
+set -euo pipefail
+cmd=${1:?usage: gpu_bench.sh install|0.6b|8b|tp2|parity DIR [args]}
+dir=${2:?usage: gpu_bench.sh install|0.6b|8b|tp2|parity DIR [args]}
+shift 2
+if [ "$cmd" = install ]; then
+    (cd "$dir" && if ls vllm-*.whl.part.00 >/dev/null 2>&1; then
+        cat $(ls vllm-*.whl.part.* | sort) > "$(ls vllm-*.whl.part.00 | sed 's/.part.00//')" && rm vllm-*.whl.part.*; fi)
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$dir"/*.whl
+    exit 0
+fi
+export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+tok=${TOKENIZER:-.gpu-bundle/tok}
+common=(--tokenizer "$tok" --dtype bfloat16 --prompts 1024 --input-len 64 --output-len 128 --aa-control
+        --gpu-memory-utilization 0.3)
+mkdir -p "$dir"
+case "$cmd" in
+    0.6b) python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --rounds 10 --kernel-time-rounds 2 \
+              --latency-rounds 20 --hf-prompts 128 --json "$dir/qwen3-0.6b.json" "$@" ;;
+    8b)   python3 scripts/benchmark.py --model random:qwen3-8b "${common[@]}" --rounds 5 --kernel-time-rounds 1 \
+              --latency-rounds 10 --hf-prompts 0 --warmup-prompts 64 --json "$dir/qwen3-8b.json" "$@" ;;
+    tp2)  python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --tensor-parallel-size 2 --rounds 6 \
+              --kernel-time-rounds 1 --latency-rounds 10 --hf-prompts 0 --json "$dir/qwen3-0.6b-tp2.json" "$@" ;;
+    parity) python3 scripts/parity_check.py --arch qwen3-tiny --tokenizer "$tok" "$@" | tee "$dir/parity.log" ;;
+    *) echo "unknown command $cmd" >&2; exit 2 ;;
+esac
