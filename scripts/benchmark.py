@@ -566,6 +566,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ceiling = result["summary"]["unsteered"]["tok_s_median"]
     steer.close()
+    for llm in (plain, plain_b):
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()  # engine-core processes end now, not at interpreter exit
     plain = plain_b = None  # drop the ceiling engines (and the closures holding it) before transformers needs the memory
     runs.clear()
     gc.collect()

