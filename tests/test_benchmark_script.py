@@ -17,7 +17,6 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import benchmark
-        import bench_table
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     out = tmp_path / "bench.json"
