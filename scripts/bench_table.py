@@ -2,6 +2,7 @@
 
 Usage:
     python scripts/bench_table.py docs/bench/h200x2-gpu1-qwen3-0.6b-bf16-rounds.json [more.json ...]
+    python scripts/bench_table.py --pool run1.json run2.json     # one table of the rounds of several runs
 """
 
 from __future__ import annotations
@@ -58,7 +59,30 @@ def latency_line(result: dict[str, Any]) -> str:
     return f"Compare-pair latency (median of {len(next(iter(lat.values()))['samples'])}): " + "; ".join(parts)
 
 
+def pooled_table(results: list[dict[str, Any]]) -> str:
+    """Paired ratios of every round of several runs of the same workload, pooled per configuration."""
+    import statistics
+
+    ratios: dict[str, list[float]] = {}
+    for result in results:
+        samples = result["samples_tok_s"]
+        for name, tps in samples.items():
+            ratios.setdefault(name, []).extend(100 * t / b for t, b in zip(tps, samples["unsteered"], strict=True))
+    lines = [
+        "| configuration | rounds | % of ceiling (median paired ratio) | quartiles | min..max |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in ratios.items():
+        r = sorted(r)
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0], r[0], r[0]]
+        lines.append(f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} |")
+    return "\n".join(lines)
+
+
 def main(paths: list[str]) -> None:
+    if paths and paths[0] == "--pool":
+        print(pooled_table([json.loads(Path(p).read_text()) for p in paths[1:]]))
+        return
     for path in paths:
         result = json.loads(Path(path).read_text())
         print(f"### {Path(path).name}\n")

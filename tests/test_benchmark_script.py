@@ -48,3 +48,5 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
 
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
     assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "Compare-pair latency (median of 2)" in table
+    pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)], capture_output=True, text=True, check=True).stdout
+    assert "| unsteered | 4 | 100.0 |" in pooled and "| sweep_51_scales | 4 |" in pooled
