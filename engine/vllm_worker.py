@@ -114,6 +114,8 @@ class WorkerSteering:
         self.n_steered = 0  # live requests with a non-zero slot (0: every step's index is all zeros)
         self.req_slots: dict[str, int] = {}
         self.req_capture: dict[str, int] = {}
+        self._last_ids: list[str] = []  # request order of the last steered step and its slots (decode steps repeat it)
+        self._last_slots = np.zeros(0, dtype=np.int64)
         self.tables: dict[int, SlotTables] = {}
         self.sinks: dict[int, torch.Tensor] = {}
         self.handles = []
@@ -159,7 +161,8 @@ class WorkerSteering:
         Idempotent for one scheduler output: calling it twice for the same step gives the same index.
         """
         first_here: set[str] = set()  # capture requests whose position-0 token is in this step
-        for new in getattr(scheduler_output, "scheduled_new_reqs", ()) or ():
+        new_reqs = getattr(scheduler_output, "scheduled_new_reqs", ()) or ()
+        for new in new_reqs:
             extra = getattr(getattr(new, "sampling_params", None), "extra_args", None) or {}
             slot = int(extra.get(SLOT_ARG, 0))
             self.n_steered += (slot != 0) - (self.req_slots.get(new.req_id, 0) != 0)
@@ -182,7 +185,11 @@ class WorkerSteering:
             return
         counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
         total = int(counts.sum())
-        slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
+        if not new_reqs and req_ids == self._last_ids:
+            slots = self._last_slots  # same requests in the same order, none (re)announced: same slots
+        else:
+            slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
+            self._last_ids, self._last_slots = list(req_ids), slots
         host = self._host
         host[:total] = np.repeat(slots, counts)
         host[total:] = 0

@@ -180,3 +180,19 @@ def test_summarize_kernels_on_cpu_sums_operator_self_time():
     ]
     out = summarize_kernels(events, top=None, device="cpu")
     assert (out["kernel_us"], out["launches"], out["device"]) == (50.0, 2, "cpu")
+
+
+def test_repeated_and_reordered_batches_give_the_right_index():
+    """Decode steps reuse the last step's slot array only while the request order is unchanged."""
+    state = _state()
+    _step(state, new=[_new("a", 1), _new("b", 0), _new("c", 3)], batch=[("a", 2), ("b", 2), ("c", 2)])
+    index = _step(state, batch=[("a", 1), ("b", 1), ("c", 1)])
+    assert index[:4].tolist() == [1, 0, 3, 0]
+    index = _step(state, batch=[("a", 1), ("b", 1), ("c", 1)])
+    assert index[:4].tolist() == [1, 0, 3, 0]
+    index = _step(state, batch=[("c", 1), ("a", 1), ("b", 1)])  # the runner condensed / reordered its batch
+    assert index[:4].tolist() == [3, 1, 0, 0]
+    index = _step(state, new=[_new("d", 2)], batch=[("c", 1), ("a", 1), ("b", 1)])  # d waits; order unchanged
+    assert index[:4].tolist() == [3, 1, 0, 0]
+    index = _step(state, finished=["a"], batch=[("c", 2), ("b", 1), ("d", 3)])
+    assert index[:7].tolist() == [3, 3, 0, 2, 2, 2, 0]
