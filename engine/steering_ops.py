@@ -19,6 +19,10 @@ import torch
 from vectors import OP_ORDER, LayerSteeringSpec
 
 NO_SLOT = 0  # row 0 of every table: no steering
+ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale")
+VECTOR_FIELDS = ("add", "cap_dir", "abl_dir")  # [rows, hidden] tables; the others are [rows]
+# The "no steering" value of every field (row 0, and every layer a spec leaves out): changes nothing bit-for-bit.
+NO_OP_FILL = {"add": 0.0, "cap_dir": 0.0, "cap_min": float("-inf"), "cap_max": float("inf"), "abl_dir": 0.0, "abl_scale": 1.0}
 
 
 @dataclass
@@ -45,14 +49,11 @@ class SlotTables:
     def empty(cls, num_slots: int, hidden_size: int, device: torch.device | str = "cpu") -> SlotTables:
         """Tables with ``num_slots`` steerable rows plus row 0, all set to "no steering"."""
         rows = num_slots + 1
-        f32 = {"dtype": torch.float32, "device": device}
         return cls(
-            add=torch.zeros(rows, hidden_size, **f32),
-            cap_dir=torch.zeros(rows, hidden_size, **f32),
-            cap_min=torch.full((rows,), float("-inf"), **f32),
-            cap_max=torch.full((rows,), float("inf"), **f32),
-            abl_dir=torch.zeros(rows, hidden_size, **f32),
-            abl_scale=torch.ones(rows, **f32),
+            **{
+                name: torch.full((rows, hidden_size) if name in VECTOR_FIELDS else (rows,), NO_OP_FILL[name], dtype=torch.float32, device=device)
+                for name in ROW_FIELDS
+            }
         )
 
     @property
@@ -68,19 +69,11 @@ class SlotTables:
         return {name: getattr(self, name) for name in ROW_FIELDS}
 
 
-ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale")
-
-
 def layer_rows(layer: LayerSteeringSpec | None, hidden_size: int) -> dict[str, torch.Tensor]:
     """The table row values (float32, CPU) for one layer's ops; ``None`` gives the "no steering" row."""
-    zeros = torch.zeros(hidden_size, dtype=torch.float32)
     rows = {
-        "add": zeros,
-        "cap_dir": zeros,
-        "cap_min": torch.tensor(float("-inf")),
-        "cap_max": torch.tensor(float("inf")),
-        "abl_dir": zeros,
-        "abl_scale": torch.tensor(1.0),
+        name: torch.full((hidden_size,) if name in VECTOR_FIELDS else (), NO_OP_FILL[name], dtype=torch.float32)
+        for name in ROW_FIELDS
     }
     if layer is None:
         return rows

@@ -24,7 +24,7 @@ import torch
 
 from engine.kernel_timer import KernelTimerExtension
 from engine.layers import layer_list_at
-from engine.steering_ops import ALL_OPS, ROW_FIELDS, SlotTables, steer_rows
+from engine.steering_ops import ALL_OPS, NO_OP_FILL, ROW_FIELDS, VECTOR_FIELDS, SlotTables, steer_rows
 
 logger = logging.getLogger("sidesteer.vllm_worker")
 
@@ -308,7 +308,6 @@ def patch_runners() -> list[str]:
 PATCHED = patch_runners()
 
 
-VECTOR_FIELDS = ("add", "cap_dir", "abl_dir")  # [rows, hidden] tables; the others are [rows]
 STAGING_BYTES = 64 << 20  # host staging per slot-write chunk
 
 
@@ -329,9 +328,6 @@ def _bytes_to_rows(payload: dict[str, Any], hidden: int) -> dict[str, np.ndarray
     return rows
 
 
-_NO_OP = {"add": 0.0, "cap_dir": 0.0, "cap_min": float("-inf"), "cap_max": float("inf"), "abl_dir": 0.0, "abl_scale": 1.0}
-
-
 def _graph_max_tokens(runner: Any) -> int:
     """The largest batch (in tokens) that replays a CUDA graph; 0 when no graphs run (CPU, enforce_eager).
 
@@ -350,6 +346,7 @@ def _write_rows(state: WorkerSteering, by_slot: dict[int, dict[int, dict[str, An
     chunk and one ``index_copy_`` per layer and field, whatever the number of slots (a 51-scale sweep used to cost
     51 x layers x 6 tiny copies, each a launch, inside the engine's step loop)."""
     layers = sorted(state.tables)
+    position = {layer: li for li, layer in enumerate(layers)}
     hidden = state.hidden_size
     slots = sorted(by_slot)
     chunk = max(1, STAGING_BYTES // (len(layers) * hidden * 4 * len(VECTOR_FIELDS)))
@@ -357,15 +354,13 @@ def _write_rows(state: WorkerSteering, by_slot: dict[int, dict[int, dict[str, An
         for start in range(0, len(slots), chunk):
             part = slots[start : start + chunk]
             host = {
-                name: np.full((len(layers), len(part), hidden) if name in VECTOR_FIELDS else (len(layers), len(part)), _NO_OP[name], dtype=np.float32)
+                name: np.full((len(layers), len(part), hidden) if name in VECTOR_FIELDS else (len(layers), len(part)), NO_OP_FILL[name], dtype=np.float32)
                 for name in ROW_FIELDS
             }
             for i, slot in enumerate(part):
-                for li, layer in enumerate(layers):
-                    rows = by_slot[slot].get(layer)
-                    if rows is not None:
-                        for name in ROW_FIELDS:
-                            host[name][li, i] = rows[name]
+                for layer, rows in by_slot[slot].items():  # layers a slot leaves out keep the no-op fill
+                    for name in ROW_FIELDS:
+                        host[name][position[layer], i] = rows[name]
             index = torch.tensor(part, dtype=torch.long, device=state.device)
             for name in ROW_FIELDS:
                 staged = torch.from_numpy(host[name]).to(state.device)
@@ -407,7 +402,7 @@ class SteeringWorkerExtension(KernelTimerExtension):
         Every write is parsed and checked before any table changes, so a bad one leaves the tables untouched.
         """
         state = self._steer_state()
-        parsed_all = []
+        by_slot: dict[int, dict[int, dict[str, Any]]] = {}  # one write per slot (the last wins): index_copy_ needs unique rows
         for slot, layers in writes:
             if not 1 <= int(slot) <= state.max_slots:
                 raise ValueError(f"sidesteer: slot {slot} out of range 1..{state.max_slots}")
@@ -415,8 +410,7 @@ class SteeringWorkerExtension(KernelTimerExtension):
             unknown = set(parsed) - set(state.tables)
             if unknown:
                 raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
-            parsed_all.append((int(slot), parsed))
-        by_slot = dict(parsed_all)  # one write per slot (the last wins), so index_copy_ sees unique rows
+            by_slot[int(slot)] = parsed
         _write_rows(state, by_slot)
         if state.device.type == "cuda":
             torch.cuda.synchronize(state.device)  # the rows must be in place before the requests using them run

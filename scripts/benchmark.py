@@ -406,30 +406,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         keep = set(a.only.split(","))
         confs = {k: v for k, v in confs.items() if k in keep}
 
-    def steered_run(specs: list[SteeringSpec | None], batch: list[list[int]] | None = None) -> Callable[[], int]:
-        batch = prompts if batch is None else batch
-        return lambda: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
+    plains = {"unsteered": plain} if plain_b is None else {"unsteered": plain, "unsteered_aa_control": plain_b}
 
-    runs: dict[str, Callable[[], int]] = {"unsteered": lambda: plain_generate(plain, prompts, a.output_len)}
-    if plain_b is not None:
-        runs["unsteered_aa_control"] = lambda: plain_generate(plain_b, prompts, a.output_len)
-    runs.update({name: steered_run(specs) for name, specs in confs.items()})
-    few = prompts[: a.prewarm_prompts]
-    prewarm: dict[str, Callable[[], int]] = {"unsteered": lambda: plain_generate(plain, few, a.output_len)}
-    if plain_b is not None:
-        prewarm["unsteered_aa_control"] = lambda: plain_generate(plain_b, few, a.output_len)
-    prewarm.update({name: steered_run(specs, few) for name, specs in confs.items()})
+    def calls(batch: list[list[int]]) -> dict[str, Callable[[], int]]:
+        """One call per configuration over ``batch`` (the plain engines are looked up at call time, so dropping
+        ``plains`` later frees them)."""
+        out: dict[str, Callable[[], int]] = {
+            name: (lambda name=name: plain_generate(plains[name], batch, a.output_len)) for name in plains
+        }
+        for name, specs in confs.items():
+            out[name] = lambda specs=specs: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
+        return out
+
+    runs = calls(prompts)
+    prewarm = calls(prompts[: a.prewarm_prompts])
     shuffle = random.Random(a.order_seed)
     # Warm-up: one pass of each configuration (first-use slot uploads, allocator, caches); --warmup-prompts > 0
     # warms on a subset to save device time.
-    for name, specs in [("unsteered", None), ("unsteered_aa_control", None), *confs.items()]:
-        sub = prompts[: a.warmup_prompts or a.prompts]
-        if name == "unsteered_aa_control" and plain_b is None:
-            continue
-        if specs is None:
-            n = plain_generate(plain if name == "unsteered" else plain_b, sub, a.output_len)
-        else:
-            n = sum(g.num_tokens for g in steer.generate_token_ids(sub, gen, steering=specs[: len(sub)]))
+    sub = prompts[: a.warmup_prompts or a.prompts]
+    for name, fn in calls(sub).items():
+        n = fn()
         if n != len(sub) * a.output_len:
             raise RuntimeError(f"{name}: generated {n} tokens, expected {len(sub) * a.output_len} (fixed lengths are required)")
 
@@ -501,15 +497,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # GPU kernel time per configuration: immune to host noise, so it resolves what the hooks cost the GPU.
     if kt_rounds:
         ktimes: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
-        plain_rpc = plain.collective_rpc
 
         def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
             return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
 
         for _ in range(kt_rounds):
             for name in names:
-                rpc = {"unsteered": plain_rpc, "unsteered_aa_control": plain_b.collective_rpc if plain_b else None}.get(name, steer_rpc)
-                ktimes[name].append(kernel_time(rpc, runs[name]))
+                ktimes[name].append(kernel_time(plains[name].collective_rpc if name in plains else steer_rpc, runs[name]))
         base_ms = statistics.median(k["kernel_ms"] for k in ktimes["unsteered"])
         result["gpu_kernel_time"] = {
             name: {
@@ -566,11 +560,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ceiling = result["summary"]["unsteered"]["tok_s_median"]
     steer.close()
-    for llm in (plain, plain_b):
-        if llm is not None:
-            llm.llm_engine.engine_core.shutdown()  # engine-core processes end now, not at interpreter exit
-    plain = plain_b = None  # drop the ceiling engines (and the closures holding it) before transformers needs the memory
-    runs.clear()
+    for llm in plains.values():
+        llm.llm_engine.engine_core.shutdown()  # engine-core processes end now, not at interpreter exit
+    plain = plain_b = None  # drop the ceiling engines before transformers needs the memory (calls look them up in plains)
+    plains.clear()
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
