@@ -40,7 +40,11 @@ def summarize_kernels(events: Any, top: int | None = 12, device: str = "cuda") -
 
 
 class KernelTimerExtension:
-    """Worker methods (``collective_rpc``) that sum the device time of every kernel run between begin and end."""
+    """Worker methods (``collective_rpc``) that sum the device time of every kernel run between begin and end.
+
+    Unlike the steering RPCs these are a stateful pair: a second begin, or an end without a begin, raises instead of
+    silently restarting or returning an empty measurement.
+    """
 
     def steer_kernel_time_begin(self) -> bool:
         import torch
