@@ -8,25 +8,57 @@ Usage:
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+# Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); 1.96 beyond.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def paired_interval(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of per-round paired ratios and its 95% confidence interval (t interval on the logs).
+
+    Every round's ratio shares that round's ceiling call, so the rounds are the independent samples; a method
+    resolves a difference of d points only where the interval's half-width is well under d. Returns NaN bounds for
+    fewer than two rounds."""
+    if not ratios or min(ratios) <= 0:
+        raise ValueError(f"paired ratios must be positive, got {ratios}")
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    t = T95[len(logs) - 2] if len(logs) - 1 <= len(T95) else 1.96
+    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def interval_text(ratios: list[float]) -> str:
+    """'geometric mean [lo, hi]' in % for paired ratios (fractions); no interval for one round."""
+    geo, lo, hi = paired_interval(ratios)
+    return f"{100 * geo:.1f}" + ("" if math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]")
+
 
 def throughput_table(result: dict[str, Any]) -> str:
     lines = [
-        "| configuration | tok/s median | tok/s min..max | % of ceiling (median paired ratio) | paired ratio min..max | rounds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | tok/s median | tok/s min..max | % of ceiling (median paired ratio) | paired ratio min..max "
+        "| geometric mean [95% CI] | rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    samples = result["samples_tok_s"]
     for name, s in result["summary"].items():
+        ratios = [t / b for t, b in zip(samples[name], samples["unsteered"], strict=True)]
         spread = "—" if name == "unsteered" else f"{s['pct_of_ceiling_min']:.1f}..{s['pct_of_ceiling_max']:.1f}"
         lines.append(
             f"| {name} | {s['tok_s_median']:.0f} | {s['tok_s_min']:.0f}..{s['tok_s_max']:.0f} | "
-            f"{s['pct_of_ceiling_median']:.1f} | {spread} | {s['rounds']} |"
+            f"{s['pct_of_ceiling_median']:.1f} | {spread} | {'—' if name == 'unsteered' else interval_text(ratios)} | {s['rounds']} |"
         )
     for name, s in (result.get("transformers") or {}).items():
         if isinstance(s, dict):
-            lines.append(f"| {name} ({s['note']}) | {s['tok_s']:.0f} | — | {s['pct_of_ceiling']:.1f} | — | — |")
+            lines.append(f"| {name} ({s['note']}) | {s['tok_s']:.0f} | — | {s['pct_of_ceiling']:.1f} | — | — | — |")
     return "\n".join(lines)
 
 
@@ -61,21 +93,20 @@ def latency_line(result: dict[str, Any]) -> str:
 
 def pooled_table(results: list[dict[str, Any]]) -> str:
     """Paired ratios of every round of several runs of the same workload, pooled per configuration."""
-    import statistics
-
     ratios: dict[str, list[float]] = {}
     for result in results:
         samples = result["samples_tok_s"]
         for name, tps in samples.items():
             ratios.setdefault(name, []).extend(100 * t / b for t, b in zip(tps, samples["unsteered"], strict=True))
     lines = [
-        "| configuration | rounds | % of ceiling (median paired ratio) | quartiles | min..max |",
-        "|---|---:|---:|---:|---:|",
+        "| configuration | rounds | % of ceiling (median paired ratio) | quartiles | min..max | geometric mean [95% CI] |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in ratios.items():
         r = sorted(r)
         q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0], r[0], r[0]]
-        lines.append(f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} |")
+        ci = "—" if name == "unsteered" else interval_text([x / 100 for x in r])
+        lines.append(f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} | {ci} |")
     return "\n".join(lines)
 
 

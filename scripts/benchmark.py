@@ -49,6 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import GenerationConfig  # noqa: E402
+from scripts.bench_table import paired_interval  # noqa: E402
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec  # noqa: E402
 
 # Architectures for random-weight models (fine for throughput: weights do not change the work done).
@@ -285,11 +286,13 @@ def latency_stats(t0: float, stamps: list[list[float]]) -> tuple[float, float]:
 
 
 def summarize(samples: dict[str, list[float]], ceiling: str = "unsteered") -> dict[str, dict[str, float]]:
-    """Median throughput and paired per-round ratios to the ceiling (median, min, max)."""
+    """Median throughput and paired per-round ratios to the ceiling (median, min, max; geometric mean with its 95%
+    confidence interval)."""
     base = samples[ceiling]
     out = {}
     for name, tps in samples.items():
         ratios = [t / b for t, b in zip(tps, base, strict=True)]
+        geo, lo, hi = paired_interval(ratios)
         out[name] = {
             "tok_s_median": statistics.median(tps),
             "tok_s_min": min(tps),
@@ -297,17 +300,24 @@ def summarize(samples: dict[str, list[float]], ceiling: str = "unsteered") -> di
             "pct_of_ceiling_median": 100 * statistics.median(ratios),
             "pct_of_ceiling_min": 100 * min(ratios),
             "pct_of_ceiling_max": 100 * max(ratios),
+            "pct_of_ceiling_geomean": 100 * geo,
+            "pct_of_ceiling_ci95_lo": 100 * lo,
+            "pct_of_ceiling_ci95_hi": 100 * hi,
             "rounds": len(tps),
         }
     return out
 
 
 def print_table(summary: dict[str, dict[str, float]], extra: dict[str, dict[str, Any]]) -> None:
-    print(f"\n{'configuration':32s} {'tok/s (median)':>15s} {'tok/s spread':>22s} {'% ceiling':>10s} {'paired spread %':>18s}")
+    print(
+        f"\n{'configuration':32s} {'tok/s (median)':>15s} {'tok/s spread':>22s} {'% ceiling':>10s} {'paired spread %':>18s} "
+        f"{'geo. mean [95% CI]':>24s}"
+    )
     for name, s in summary.items():
         spread = f"{s['tok_s_min']:.0f}..{s['tok_s_max']:.0f}"
         pspread = f"{s['pct_of_ceiling_min']:.1f}..{s['pct_of_ceiling_max']:.1f}"
-        print(f"{name:32s} {s['tok_s_median']:15.0f} {spread:>22s} {s['pct_of_ceiling_median']:9.1f}% {pspread:>18s}")
+        ci = f"{s['pct_of_ceiling_geomean']:.1f} [{s['pct_of_ceiling_ci95_lo']:.1f}, {s['pct_of_ceiling_ci95_hi']:.1f}]"
+        print(f"{name:32s} {s['tok_s_median']:15.0f} {spread:>22s} {s['pct_of_ceiling_median']:9.1f}% {pspread:>18s} {ci:>24s}")
     for name, s in extra.items():
         print(f"{name:32s} {s['tok_s']:15.1f} {'(' + s['note'] + ')':>22s} {s['pct_of_ceiling']:9.2f}%")
 
