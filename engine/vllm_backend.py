@@ -191,7 +191,9 @@ class VLLMSteerModel(SteerableModel):
 
     backend = "vllm"
 
-    def __init__(self, config: VLLMSteeringConfig | None = None, bootstrap_layers: Sequence[int] | None = None) -> None:
+    def __init__(self, config: VLLMSteeringConfig | None = None, bootstrap_layers: Sequence[int] | None = None, *, start: bool = True) -> None:
+        """``start=False`` builds everything but the engine (benchmarks read the engine arguments first); ``restart()``
+        starts it."""
         from transformers import AutoConfig, AutoTokenizer
 
         from engine.default_model import DEFAULT_MODEL_ID, resolve_model_path
@@ -217,7 +219,8 @@ class VLLMSteerModel(SteerableModel):
             self._eos_ids |= {g} if isinstance(g, int) else set(g or [])
         self._ids = itertools.count()
         self._capture_lock = threading.Lock()
-        self._start()
+        if start:
+            self._start()
 
     # -- engine lifecycle -----------------------------------------------------------------------------------------
     def _engine_args(self) -> dict[str, Any]:
@@ -302,7 +305,7 @@ class VLLMSteerModel(SteerableModel):
             time.sleep(0.2)
 
     def restart(self) -> None:
-        """Rebuild the engine (after it died); the driver-side steering state carries over."""
+        """Start the engine (after ``start=False``) or rebuild it (after it died); driver-side settings carry over."""
         self.close()
         self._start()
 

@@ -64,6 +64,18 @@ ARCHS: dict[str, dict[str, Any]] = {
         vocab_size=49152,
         tie_word_embeddings=True,
     ),
+    # Host-bound control: so little compute per step that the drivers' and the engine core's host work dominate, as
+    # it does for the 0.6B on a fast GPU. On a CPU it shows any host overhead of the steered engine.
+    "qwen3-micro": dict(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=512,
+        vocab_size=2048,
+        tie_word_embeddings=True,
+    ),
     "qwen3-0.6b": dict(
         hidden_size=1024,
         num_hidden_layers=28,
@@ -85,6 +97,7 @@ ARCHS: dict[str, dict[str, Any]] = {
         tie_word_embeddings=False,
     ),
 }
+DRIVER_DIAG = "idle_llm_generate"  # see main(): the steered engine under vLLM's own driver
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -222,6 +235,12 @@ def plain_engine(args: dict[str, Any]) -> Any:
     from vllm import LLM
 
     return LLM(**args)
+
+
+def kv_blocks(llm: Any) -> int | None:
+    """KV-cache blocks the engine got (equal sizes keep the engines' scheduling alike; fewer blocks than the workload
+    needs means queueing or preemption, which slows a call and makes it noisy)."""
+    return getattr(llm.llm_engine.vllm_config.cache_config, "num_gpu_blocks", None)
 
 
 def plain_generate(llm: Any, prompts: list[list[int]], output_len: int) -> int:
@@ -364,6 +383,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--prewarm-prompts", type=int, default=16, help="untimed call of this many prompts on the same engine before each timed call (0 = none)"
     )
+    p.add_argument(
+        "--steered-engine-last", action="store_true", help="start the plain engine(s) first and the steered engine last (default: steered first)"
+    )
     p.add_argument("--order-seed", type=int, default=0, help="seed of the per-round random order of configurations")
     p.add_argument("--only", default=None, help="comma-separated configurations to run (default: all)")
     p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
@@ -393,28 +415,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tensor_parallel_size=a.tensor_parallel_size,
         engine_kwargs=engine_kwargs,
     )
-    t = time.perf_counter()
-    steer = VLLMSteerModel(cfg)
-    start_steered = time.perf_counter() - t
+    steer = VLLMSteerModel(cfg, start=False)
     plain_args = steer._engine_args()
     plain_args.pop("additional_config")  # no steering layout: no hooks, no slot tables, no runner wrappers
     plain_args["worker_extension_cls"] = KERNEL_TIMER  # kernel timing only (imports nothing of the steering)
+
+    def start_steered_engine() -> float:
+        t = time.perf_counter()
+        steer.restart()
+        return time.perf_counter() - t
+
+    start_steered = None if a.steered_engine_last else start_steered_engine()
     t = time.perf_counter()
     plain = plain_engine(plain_args)
     start_plain = time.perf_counter() - t
     # A/A control: a second, identical plain engine measured like a configuration. Its paired ratio to the ceiling
     # can only differ from 100% by noise, so its spread is the resolution of this run's method.
     plain_b = plain_engine(plain_args) if a.aa_control else None
+    if a.steered_engine_last:  # the start order as a variable: does the first engine started run differently?
+        start_steered = start_steered_engine()
 
     num_layers, hidden = steer.num_layers, steer.hidden_size
-    vocab = min(len(steer.tokenizer), int(getattr(steer.tokenizer, "vocab_size", 1 << 30)))
+    model_vocab = int(json.loads((Path(path) / "config.json").read_text()).get("vocab_size", 1 << 30))
+    vocab = min(len(steer.tokenizer), int(getattr(steer.tokenizer, "vocab_size", 1 << 30)), model_vocab)
     rng = np.random.default_rng(0)
     prompts = rng.integers(100, vocab - 1, size=(a.prompts, a.input_len)).tolist()
     gen = GenerationConfig(max_new_tokens=a.output_len, ignore_eos=True)
     confs = configurations(num_layers, hidden, a.prompts)
-    if a.only:
-        keep = set(a.only.split(","))
+    keep = set(a.only.split(",")) if a.only else None
+    if keep is not None:
         confs = {k: v for k, v in confs.items() if k in keep}
+    # Diagnostic: the steered engine, nothing steered, driven like the ceiling (vLLM's own LLM.generate with the
+    # ceiling's request parameters, on the driver's loop thread). Against the ceiling it isolates the engine side
+    # (hooks, slot index, worker wrappers); against `idle` it isolates sidesteer's driver.
+    driver_diag = keep is None or DRIVER_DIAG in keep
 
     plains = {"unsteered": plain} if plain_b is None else {"unsteered": plain, "unsteered_aa_control": plain_b}
 
@@ -426,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         for name, specs in confs.items():
             out[name] = lambda specs=specs: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
+        if driver_diag:
+            out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, batch, a.output_len))
         return out
 
     runs = calls(prompts)
@@ -472,9 +508,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ops": steer.worker_info.get("ops"),
             "capture_op": a.capture,
             "graph_max_tokens": steer.worker_info.get("graph_max_tokens"),
+            "kv_cache_blocks": kv_blocks(steer.llm),
             "start_s": start_steered,
+            "started": "last" if a.steered_engine_last else "first",
         },
-        "plain_engine": {"start_s": start_plain},
+        "plain_engine": {"start_s": start_plain, "kv_cache_blocks": kv_blocks(plain)},
         "method": (
             "two engines alive side by side (three with --aa-control); rounds time every configuration once, in a fresh "
             "random order per round, each timed call preceded by an untimed --prewarm-prompts call on the same engine "

@@ -4,8 +4,8 @@
 # Usage (from the repository root on the GPU machine, after copying every bundle folder's files into $BUNDLE):
 #   scripts/gpu_bench.sh install BUNDLE_DIR            # joins the split vLLM wheel, pip-installs into /tmp/site
 #   scripts/gpu_bench.sh 0.6b OUT_DIR [extra args]     # Qwen3-0.6B arch: wall clock, all configurations, A/A control
-#   scripts/gpu_bench.sh 0.6b-kt OUT_DIR [extra args]  # Qwen3-0.6B arch: GPU kernel time x2 + transformers
-#   scripts/gpu_bench.sh 8b OUT_DIR [extra args]       # Qwen3-8B arch: wall clock, A/A control (alone on its GPU)
+#   scripts/gpu_bench.sh 0.6b-kt OUT_DIR [extra args]  # Qwen3-0.6B arch: GPU kernel time + transformers (~6 min)
+#   scripts/gpu_bench.sh 8b OUT_DIR [extra args]       # Qwen3-8B arch: wall clock, two engines (no room for an A/A)
 #   scripts/gpu_bench.sh tp2 OUT_DIR [extra args]      # Qwen3-0.6B arch at tensor parallel 2 (two GPUs)
 #   scripts/gpu_bench.sh parity OUT_DIR [extra args]   # fp32 token parity + capture (add --tensor-parallel-size 2)
 # Each fits one 10-minute device call (three engines start in ~3 min; a 0.6B call takes ~5 s, an 8B call ~7 s);
@@ -25,17 +25,19 @@ if [ "$cmd" = install ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 tok=${TOKENIZER:-.gpu-bundle/tok}
-common=(--tokenizer "$tok" --dtype bfloat16 --prompts 1024 --input-len 64 --output-len 128 --aa-control
-        --gpu-memory-utilization 0.3)
+# Three engines (ceiling, A/A control, steered) at 0.3 each; the 8B gets two at 0.42 (three 8B engines at 0.3 OOM an
+# 80 GB H100 in the sampler), TP 2 three at 0.28 (at 0.3 the third engine found 23.67 < 23.75 GiB free).
+common=(--tokenizer "$tok" --dtype bfloat16 --prompts 1024 --input-len 64 --output-len 128)
 mkdir -p "$dir"
 case "$cmd" in
-    0.6b)    python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --rounds 7 --kernel-time-rounds 0 \
+    0.6b)    python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --aa-control --gpu-memory-utilization 0.3 --rounds 7 --kernel-time-rounds 0 \
                  --latency-rounds 20 --hf-prompts 0 --json "$dir/qwen3-0.6b.json" "$@" ;;
-    0.6b-kt) python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --rounds 1 --kernel-time-rounds 2 \
+    0.6b-kt) python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --gpu-memory-utilization 0.4 --rounds 1 --kernel-time-rounds 1 \
                  --latency-rounds 0 --hf-prompts 128 --json "$dir/qwen3-0.6b-kt.json" "$@" ;;
-    8b)      python3 scripts/benchmark.py --model random:qwen3-8b "${common[@]}" --rounds 4 --kernel-time-rounds 0 \
+    8b)      python3 scripts/benchmark.py --model random:qwen3-8b "${common[@]}" --gpu-memory-utilization 0.42 --rounds 4 --kernel-time-rounds 0 \
                  --latency-rounds 10 --hf-prompts 0 --warmup-prompts 64 --json "$dir/qwen3-8b.json" "$@" ;;
-    tp2)     python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --tensor-parallel-size 2 --rounds 5 \
+    tp2)     python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --aa-control --gpu-memory-utilization 0.28 \
+                 --tensor-parallel-size 2 --rounds 5 \
                  --kernel-time-rounds 0 --latency-rounds 10 --hf-prompts 0 --json "$dir/qwen3-0.6b-tp2.json" "$@" ;;
     parity) python3 scripts/parity_check.py --arch qwen3-tiny --tokenizer "$tok" "$@" | tee "$dir/parity.log" ;;
     *) echo "unknown command $cmd" >&2; exit 2 ;;

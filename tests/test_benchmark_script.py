@@ -23,13 +23,13 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     result = benchmark.main(
         [
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "6", "--input-len", "8", "--output-len", "4",
-            "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales", "--aa-control", "--prewarm-prompts", "2",
+            "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales,idle_llm_generate", "--aa-control", "--prewarm-prompts", "2",
             "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05",
-            "--max-slots", "8", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+            "--max-slots", "8", "--steered-engine-last", "--work-dir", str(tmp_path / "work"), "--json", str(out),
         ]
     )  # fmt: skip
     saved = json.loads(out.read_text())
-    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales"}
+    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales", "idle_llm_generate"}
     for name, s in saved["summary"].items():
         assert s["rounds"] == 2 and s["tok_s_median"] > 0, name
         assert len(saved["samples_tok_s"][name]) == 2
@@ -44,6 +44,9 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     assert lat.keys() == {"unsteered_pair", "compare_pair", "idle_pair"}
     assert all(len(v["samples"]) == 2 and v["ttft_ms_mean"] > 0 and v["itl_ms_median"] > 0 for v in lat.values())
     assert set(saved["transformers"]) >= {"hf_unsteered", "hf_one_layer"}
+    for engine in ("steered_engine", "plain_engine"):  # recorded: fewer blocks than the workload needs means queueing
+        assert isinstance(saved[engine]["kv_cache_blocks"], int) and saved[engine]["kv_cache_blocks"] > 0
+    assert saved["steered_engine"]["started"] == "last" and saved["steered_engine"]["start_s"] > 0
     assert saved["workload"]["tensor_parallel_size"] == 1 and saved["steered_engine"]["capture_op"] is False
 
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
