@@ -384,6 +384,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--prewarm-prompts", type=int, default=16, help="untimed call of this many prompts on the same engine before each timed call (0 = none)"
     )
     p.add_argument(
+        "--no-hooks",
+        action="store_true",
+        help="steered engine without hooked layers (wrappers, slot index and driver only): runs idle and idle_llm_generate",
+    )
+    p.add_argument(
         "--steered-engine-last", action="store_true", help="start the plain engine(s) first and the steered engine last (default: steered first)"
     )
     p.add_argument("--order-seed", type=int, default=0, help="seed of the per-round random order of configurations")
@@ -415,7 +420,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tensor_parallel_size=a.tensor_parallel_size,
         engine_kwargs=engine_kwargs,
     )
-    steer = VLLMSteerModel(cfg, start=False)
+    # --no-hooks: the steered engine with its worker wrappers, slot index and driver but no hooked layer, to tell the
+    # hooks' host or device cost from the rest (only the unsteered configurations can run on it).
+    steer = VLLMSteerModel(cfg, bootstrap_layers=() if a.no_hooks else None, start=False)
     plain_args = steer._engine_args()
     plain_args.pop("additional_config")  # no steering layout: no hooks, no slot tables, no runner wrappers
     plain_args["worker_extension_cls"] = KERNEL_TIMER  # kernel timing only (imports nothing of the steering)
@@ -443,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gen = GenerationConfig(max_new_tokens=a.output_len, ignore_eos=True)
     confs = configurations(num_layers, hidden, a.prompts)
     keep = set(a.only.split(",")) if a.only else None
+    if a.no_hooks:
+        keep = {"idle", DRIVER_DIAG} & (keep or {"idle", DRIVER_DIAG})
     if keep is not None:
         confs = {k: v for k, v in confs.items() if k in keep}
     # Diagnostic: the steered engine, nothing steered, driven like the ceiling (vLLM's own LLM.generate with the
@@ -581,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(a.json).write_text(json.dumps(result, indent=1))
 
     # Latency of one compare pair (2 requests, same prompt): steered pair vs the ceiling's unsteered pair.
-    if a.latency_rounds:
+    if a.latency_rounds and not a.no_hooks:  # the compare pair steers a layer: not possible without hooks
         pair = [prompts[0], prompts[0]]
         one = spec_one_layer(num_layers, hidden)
         lat: dict[str, list[tuple[float, float]]] = {"unsteered_pair": [], "compare_pair": [], "idle_pair": []}

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from scripts.bench_table import interval_text, paired_interval
+from scripts.bench_table import engine_ratio, interval_text, paired_interval
 
 
 def test_interval_of_identical_ratios_is_a_point():
@@ -38,3 +38,21 @@ def test_one_round_has_no_interval_and_bad_ratios_are_refused():
     for bad in ([], [1.0, 0.0], [1.0, -0.5]):
         with pytest.raises(ValueError, match="paired ratios must be positive"):
             paired_interval(bad)
+
+
+def test_engine_ratio_pools_every_steered_configuration_per_round():
+    result = {
+        "samples_tok_s": {
+            "unsteered": [100.0, 200.0],
+            "unsteered_aa_control": [100.0, 200.0],
+            "idle": [90.0, 180.0],
+            "one_layer": [90.0, 180.0],
+        }
+    }
+    g, lo, hi, n = engine_ratio(result)
+    assert n == 2 and (g, lo, hi) == pytest.approx((0.9, 0.9, 0.9))
+    result["samples_tok_s"]["one_layer"] = [40.0, 320.0]  # geometric means per round: 60 / 100, 240 / 200
+    g, lo, hi, _ = engine_ratio(result)
+    assert g == pytest.approx(math.sqrt(0.6 * 1.2)) and lo < g < hi
+    with pytest.raises(ValueError, match="no steered-engine configuration"):
+        engine_ratio({"samples_tok_s": {"unsteered": [1.0], "unsteered_aa_control": [1.0]}})

@@ -53,3 +53,20 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "Compare-pair latency (median of 2)" in table
     pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)], capture_output=True, text=True, check=True).stdout
     assert "| unsteered | 4 | 100.0 |" in pooled and "| sweep_51_scales | 4 |" in pooled
+
+
+def test_benchmark_without_hooks_runs_only_the_unsteered_configurations(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import benchmark
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    result = benchmark.main(
+        [
+            "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "4", "--input-len", "8", "--output-len", "4",
+            "--rounds", "1", "--no-hooks", "--kernel-time-rounds", "0", "--latency-rounds", "2", "--hf-prompts", "0",
+            "--gpu-memory-utilization", "0.05", "--max-slots", "4", "--work-dir", str(tmp_path / "work"),
+        ]
+    )  # fmt: skip
+    assert result["summary"].keys() == {"unsteered", "idle", "idle_llm_generate"}
+    assert result["steered_engine"]["hooked_layers"] == 0 and "latency" not in result
