@@ -6,6 +6,10 @@ during a call is measured by the GPU itself (CUPTI, through ``torch.profiler``),
 included, so comparing it between an engine with steering hooks and one without shows what the hooks cost the GPU
 to well under 1%.
 
+The step timer splits a call's host time the same way between the worker (input preparation, launching the
+forward, sampling) and everything outside it (the engine core's scheduling and output handling), so a wall-clock gap
+between two engines can be placed on one side or the other.
+
 This module imports nothing of the steering extension: a plain ``vllm.LLM`` can load it as its
 ``worker_extension_cls`` and stay a no-steering baseline (no hooks, no runner wrappers).
 """
@@ -39,8 +43,81 @@ def summarize_kernels(events: Any, top: int | None = 12, device: str = "cuda") -
     }
 
 
-class KernelTimerExtension:
-    """Worker methods (``collective_rpc``) that sum the device time of every kernel run between begin and end.
+STEP_METHODS = ("execute_model", "sample_tokens")  # the worker's per-step entry points (sample_tokens: async scheduling)
+
+
+def summarize_steps(calls: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    """Host time of a worker's per-step calls, from ``(start, end)`` perf-counter pairs per method.
+
+    ``in_worker_ms`` is the time the engine core spent inside the worker (input preparation, the runner wrappers,
+    launching the forward or replaying its CUDA graph, sampling); ``outside_ms`` is the rest of the span from the
+    first call's start to the last call's end: the engine core's scheduling, output handling and waits between steps.
+    """
+    spans = sorted(pair for pairs in calls.values() for pair in pairs)
+    per = {name: sum(b - a for a, b in pairs) * 1000 for name, pairs in calls.items()}
+    inside = sum(per.values())
+    span = (max(b for _, b in spans) - spans[0][0]) * 1000 if spans else 0.0
+    steps = len(calls.get("execute_model", []))
+    return {
+        "steps": steps,
+        **{f"{name}_ms": ms for name, ms in per.items()},
+        "in_worker_ms": inside,
+        "span_ms": span,
+        "outside_ms": span - inside,
+        "in_worker_ms_per_step": inside / steps if steps else 0.0,
+        "outside_ms_per_step": (span - inside) / steps if steps else 0.0,
+    }
+
+
+class StepTimerMixin:
+    """Worker methods that time the worker's per-step calls (host time, wall clock) between begin and end.
+
+    They wrap ``execute_model`` and ``sample_tokens`` on the worker *instance* for the measurement only (nothing inside
+    the compiled model changes) and put the class methods back at the end. A stateful pair, like the kernel timer.
+    """
+
+    def steer_step_time_begin(self) -> bool:
+        import time
+
+        if getattr(self, "_sidesteer_steps", None) is not None:
+            raise RuntimeError("sidesteer: step timing already running in this worker; call steer_step_time_end first")
+        calls: dict[str, list[tuple[float, float]]] = {}
+        saved: dict[str, Any] = {}
+        for name in STEP_METHODS:
+            original = getattr(self, name, None)
+            if original is None:
+                continue
+            saved[name] = self.__dict__.get(name)  # an instance attribute someone set before us, else None
+            out = calls.setdefault(name, [])
+
+            def timed(*args: Any, _call: Any = original, _out: list = out, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return _call(*args, **kwargs)
+                finally:
+                    _out.append((start, time.perf_counter()))
+
+            setattr(self, name, timed)
+        self._sidesteer_steps = (calls, saved)
+        return True
+
+    def steer_step_time_end(self) -> dict[str, Any]:
+        state = getattr(self, "_sidesteer_steps", None)
+        if state is None:
+            raise RuntimeError("sidesteer: step timing was not started in this worker; call steer_step_time_begin first")
+        calls, saved = state
+        for name, previous in saved.items():
+            if previous is None:
+                self.__dict__.pop(name, None)
+            else:
+                setattr(self, name, previous)
+        self._sidesteer_steps = None
+        return summarize_steps(calls)
+
+
+class KernelTimerExtension(StepTimerMixin):
+    """Worker methods (``collective_rpc``) that sum the device time of every kernel run between begin and end, and
+    (:class:`StepTimerMixin`) the host time of the worker's per-step calls.
 
     Unlike the steering RPCs these are a stateful pair: a second begin, or an end without a begin, raises instead of
     silently restarting or returning an empty measurement.

@@ -101,6 +101,22 @@ def kernel_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def step_table(result: dict[str, Any]) -> str:
+    st = result.get("worker_step_time")
+    if not st:
+        return ""
+    lines = [
+        "| configuration | call ms | in the worker ms (per step) | outside the worker ms (per step) | driver only ms | steps |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, x in st.items():
+        lines.append(
+            f"| {name} | {x['call_ms']:.1f} | {x['in_worker_ms']:.1f} ({x['in_worker_ms_per_step']:.2f}) | "
+            f"{x['outside_ms']:.1f} ({x['outside_ms_per_step']:.2f}) | {x['driver_ms']:.1f} | {x['steps']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def latency_line(result: dict[str, Any]) -> str:
     lat = result.get("latency")
     if not lat:
@@ -136,16 +152,22 @@ def pooled_table(results: list[dict[str, Any]]) -> str:
 
 
 def main(paths: list[str]) -> None:
+    def load(path: str) -> dict[str, Any]:
+        result = json.loads(Path(path).read_text())
+        if "samples_tok_s" not in result:
+            raise SystemExit(f"{path}: not a scripts/benchmark.py result (no samples_tok_s); parity files are plain JSON")
+        return result
+
     if paths and paths[0] == "--pool":
-        print(pooled_table([json.loads(Path(p).read_text()) for p in paths[1:]]))
+        print(pooled_table([load(p) for p in paths[1:]]))
         return
     for path in paths:
-        result = json.loads(Path(path).read_text())
+        result = load(path)
         print(f"### {Path(path).name}\n")
         print(f"{result['machine']['device']}, vLLM {result['machine']['vllm']}, torch {result['machine']['torch']}, {result['date']}\n")
         print(f"`{result['command']}`\n")
         print(throughput_table(result) + "\n")
-        for block in (engine_line(result), kernel_table(result), latency_line(result)):
+        for block in (engine_line(result), step_table(result), kernel_table(result), latency_line(result)):
             if block:
                 print(block + "\n")
 

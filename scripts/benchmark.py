@@ -371,6 +371,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="calls per configuration timed by GPU kernel time after the throughput rounds (default 2 on CUDA, 0 elsewhere)",
     )
+    p.add_argument(
+        "--step-time-rounds",
+        type=int,
+        default=1,
+        help="calls per configuration timed inside the worker (host time in the worker vs outside it vs the driver)",
+    )
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
     p.add_argument("--hf-rounds", type=int, default=1)
     p.add_argument("--latency-rounds", type=int, default=20)
@@ -551,16 +557,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(a.json).write_text(json.dumps(result, indent=1))
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
 
+    def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
+
+    def engine_rpc(name: str) -> Callable[..., list[Any]]:
+        return plains[name].collective_rpc if name in plains else steer_rpc
+
+    # Host time per step inside the worker vs outside it (engine core) vs the driver, per configuration: places a
+    # wall-clock gap between engines on one side. One call per configuration per round, after the throughput rounds.
+    if a.step_time_rounds:
+        steps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+        for _ in range(a.step_time_rounds):
+            for name in names:
+                rpc = engine_rpc(name)
+                if a.prewarm_prompts:
+                    prewarm[name]()
+                rpc("steer_step_time_begin")
+                try:
+                    secs, _ = timed(runs[name])
+                finally:
+                    worker = rpc("steer_step_time_end")[0]  # rank 0 (the driver worker) paces every step
+                steps[name].append({**worker, "call_ms": 1000 * secs, "driver_ms": 1000 * secs - worker["span_ms"]})
+        fields = ("call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps")
+        result["worker_step_time"] = {
+            name: {**{f: statistics.median(x[f] for x in xs) for f in fields}, "samples": xs} for name, xs in steps.items()
+        }
+        print("\nhost time per call (median): in the worker / outside it (engine core) / driver-only, ms")
+        for name, x in result["worker_step_time"].items():
+            print(
+                f"{name:32s} call {x['call_ms']:8.1f}  worker {x['in_worker_ms']:8.1f} ({x['in_worker_ms_per_step']:.2f}/step)  "
+                f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}"
+            )
+        if a.json:
+            Path(a.json).write_text(json.dumps(result, indent=1))
+
     # GPU kernel time per configuration: immune to host noise, so it resolves what the hooks cost the GPU.
     if kt_rounds:
         ktimes: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
 
-        def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
-            return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
-
         for _ in range(kt_rounds):
             for name in names:
-                ktimes[name].append(kernel_time(plains[name].collective_rpc if name in plains else steer_rpc, runs[name]))
+                ktimes[name].append(kernel_time(engine_rpc(name), runs[name]))
         base_ms = statistics.median(k["kernel_ms"] for k in ktimes["unsteered"])
         result["gpu_kernel_time"] = {
             name: {

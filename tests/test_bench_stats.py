@@ -56,3 +56,15 @@ def test_engine_ratio_pools_every_steered_configuration_per_round():
     assert g == pytest.approx(math.sqrt(0.6 * 1.2)) and lo < g < hi
     with pytest.raises(ValueError, match="no steered-engine configuration"):
         engine_ratio({"samples_tok_s": {"unsteered": [1.0], "unsteered_aa_control": [1.0]}})
+
+
+def test_summarize_steps_splits_a_span_into_worker_and_outside_time():
+    from engine.kernel_timer import summarize_steps
+
+    calls = {"execute_model": [(0.000, 0.002), (0.010, 0.013)], "sample_tokens": [(0.002, 0.003), (0.013, 0.014)]}
+    out = summarize_steps(calls)
+    assert out["steps"] == 2
+    assert out["execute_model_ms"] == pytest.approx(5.0) and out["sample_tokens_ms"] == pytest.approx(2.0)
+    assert out["in_worker_ms"] == pytest.approx(7.0) and out["span_ms"] == pytest.approx(14.0)
+    assert out["outside_ms"] == pytest.approx(7.0) and out["outside_ms_per_step"] == pytest.approx(3.5)
+    assert summarize_steps({})["steps"] == 0

@@ -40,6 +40,11 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
         assert k["kernel_ms_median"] > 0 and k["launches"] > 0 and k["kernels"], name
         assert k["only_here_ms"] >= 0 and k["only_in_ceiling_ms"] >= 0
     assert kt["unsteered"]["only_here_ms"] == 0 and kt["unsteered"]["pct_of_ceiling"] == pytest.approx(100.0)
+    st = saved["worker_step_time"]
+    assert st.keys() == saved["summary"].keys()
+    for name, x in st.items():  # every call is timed inside the worker: steps seen, host time split three ways
+        assert x["steps"] >= 4 and x["in_worker_ms"] > 0 and x["outside_ms"] >= 0, name
+        assert x["call_ms"] >= x["in_worker_ms"] + x["outside_ms"] - 1e-6, name
     lat = saved["latency"]
     assert lat.keys() == {"unsteered_pair", "compare_pair", "idle_pair"}
     assert all(len(v["samples"]) == 2 and v["ttft_ms_mean"] > 0 and v["itl_ms_median"] > 0 for v in lat.values())
@@ -50,7 +55,7 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     assert saved["workload"]["tensor_parallel_size"] == 1 and saved["steered_engine"]["capture_op"] is False
 
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
-    assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "Compare-pair latency (median of 2)" in table
+    assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "in the worker ms" in table and "Compare-pair latency (median of 2)" in table
     pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)], capture_output=True, text=True, check=True).stdout
     assert "| unsteered | 4 | 100.0 |" in pooled and "| sweep_51_scales | 4 |" in pooled
 

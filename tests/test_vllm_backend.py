@@ -208,3 +208,24 @@ def test_kernel_timer_rpc_measures_a_generation(vllm_default):
     assert sum(k["us"] for k in out["top"]) == pytest.approx(out["kernel_us"])
     with pytest.raises(Exception, match="not started"):
         rpc("steer_kernel_time_end")
+
+
+def test_step_timer_rpc_splits_host_time_and_restores_the_worker(vllm_default):
+    """The benchmark's worker step timer: one execute_model per step seen, time split, methods put back."""
+
+    def rpc(method: str, *args):
+        return vllm_default._call(lambda: vllm_default.engine.collective_rpc(method, args=args))
+
+    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    before = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
+    assert rpc("steer_step_time_begin") == [True]
+    with pytest.raises(Exception, match="already running"):
+        rpc("steer_step_time_begin")
+    during = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
+    (out,) = rpc("steer_step_time_end")
+    assert out["steps"] >= 6 and out["execute_model_ms"] > 0 and out["in_worker_ms"] > 0
+    assert out["span_ms"] >= out["in_worker_ms"] and out["outside_ms"] == pytest.approx(out["span_ms"] - out["in_worker_ms"])
+    with pytest.raises(Exception, match="not started"):
+        rpc("steer_step_time_end")
+    after = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
+    assert before[0].token_ids == during[0].token_ids == after[0].token_ids  # timing changes nothing
