@@ -279,6 +279,14 @@ class SteerableModel(abc.ABC):
             f"prompts: {prompt!r:.80} is neither a string nor a list of {{'role', 'content'}} messages; pass one of those"
         )
 
+    def decode_all(self, sequences: list[list[int]]) -> list[str]:
+        """Text of each completion, special tokens skipped: one ``batch_decode`` call where the tokenizer has it (fast
+        tokenizers decode a batch in parallel; 1024 x 128 tokens one by one took ~40 ms of a benchmark call)."""
+        batch = getattr(self.tokenizer, "batch_decode", None)
+        if batch is not None:
+            return list(batch(sequences, skip_special_tokens=True))
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in sequences]
+
     def resolve_steering(self, num_prompts: int, steering: SteeringArg) -> list[SteeringSpec | None]:
         """Per-prompt specs for a call: None -> the current state; one spec -> all; a list -> one each."""
         if steering is None:

@@ -204,9 +204,10 @@ class HFSteerModel(SteerableModel):
                 if tok is not None:
                     tokens[row].append(tok)
         keys = spec_keys(specs)
+        texts = self.decode_all(tokens)
         return [
             Generation(
-                text=self.tokenizer.decode(tokens[row], skip_special_tokens=True),
+                text=texts[row],
                 token_ids=tokens[row],
                 finish_reason=reasons[row] or "length",  # type: ignore[arg-type]
                 prompt_token_ids=prompt_ids[row],

@@ -406,6 +406,9 @@ class VLLMSteerModel(SteerableModel):
                     self.engine.add_request(req.rid, prompt, req.params)
                     running[req.rid] = req
                 if running:
+                    # One queue event per job per step (a list of updates), not one per request: a 1024-request
+                    # batch finishes in one step, and 1024 thread hand-offs cost the caller ~10 ms.
+                    updates: dict[int, tuple[_Job, list[tuple[int, list[int], bool, str | None]]]] = {}
                     for out in self.engine.step():
                         req = running.get(out.request_id)
                         if req is None:
@@ -415,7 +418,10 @@ class VLLMSteerModel(SteerableModel):
                         if out.finished:
                             running.pop(out.request_id)
                             self.slots.release(req.slot)
-                        req.job.events.put(("tokens", req.index, list(completion.token_ids), out.finished, reason))
+                        update = (req.index, list(completion.token_ids), out.finished, reason)
+                        updates.setdefault(id(req.job), (req.job, []))[1].append(update)
+                    for job, batch in updates.values():
+                        job.events.put(("tokens", batch))
             except BaseException as exc:  # noqa: BLE001 - the engine is unusable now
                 self._dead = exc
                 for req in [*running.values(), *pending]:
@@ -458,7 +464,7 @@ class VLLMSteerModel(SteerableModel):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        return SamplingParams(
+        params = SamplingParams(
             max_tokens=max_tokens or config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
@@ -470,6 +476,11 @@ class VLLMSteerModel(SteerableModel):
             # outputs per step cost the driver more than an H100 decode step of a small model).
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
+        if hasattr(params, "skip_clone"):
+            # A fresh object per request that nothing else holds: vLLM may take it as is (a shallow copy) instead
+            # of deep-copying it on admission (~0.1 ms per request on this repository's CPU, on the critical path).
+            params.skip_clone = True
+        return params
 
     def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False) -> _Job:
         self._raise_if_dead()
@@ -489,10 +500,10 @@ class VLLMSteerModel(SteerableModel):
                 event = job.events.get()
                 if event[0] == "error":
                     raise EngineDeadError(f"engine: the vLLM engine died ({event[1]!r}); call restart() to rebuild it") from event[1]
-                _, index, ids, finished, reason = event
-                if finished:
-                    job.remaining -= 1
-                yield index, ids, finished, reason
+                for index, ids, finished, reason in event[1]:
+                    if finished:
+                        job.remaining -= 1
+                    yield index, ids, finished, reason
         finally:
             if job.remaining:
                 self._inbox.put(("abort", job))
@@ -506,9 +517,10 @@ class VLLMSteerModel(SteerableModel):
             if finished:
                 reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
         keys = [r.key for r in job.requests]  # fingerprints computed once per distinct spec at submission
+        texts = self.decode_all(tokens)
         return [
             Generation(
-                text=self.tokenizer.decode(tokens[i], skip_special_tokens=True),
+                text=texts[i],
                 token_ids=tokens[i],
                 finish_reason=reasons[i],  # type: ignore[arg-type]
                 prompt_token_ids=prompt_ids[i],

@@ -204,3 +204,19 @@ def test_layer_detection_error():
 
     with pytest.raises(SteeringError, match="cannot find the decoder layers of Odd"):
         find_decoder_layers(Odd())
+
+
+def test_decode_all_uses_one_batch_call_where_the_tokenizer_has_it(model, monkeypatch):
+    seqs = [[5, 6, 7], [], [8]]
+    one_by_one = [model.tokenizer.decode(s, skip_special_tokens=True) for s in seqs]
+    assert not hasattr(model.tokenizer, "batch_decode") and model.decode_all(seqs) == one_by_one
+    calls = []
+
+    def batch_decode(sequences, skip_special_tokens):
+        calls.append((sequences, skip_special_tokens))
+        return [model.tokenizer.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+
+    monkeypatch.setattr(model.tokenizer, "batch_decode", batch_decode, raising=False)
+    assert model.decode_all(seqs) == one_by_one and calls == [(seqs, True)]
+    gen = model.generate_token_ids([[5, 6]], GenerationConfig(max_new_tokens=3, ignore_eos=True))[0]
+    assert gen.text == model.tokenizer.decode(gen.token_ids, skip_special_tokens=True) and len(calls) == 2
