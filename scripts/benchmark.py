@@ -18,6 +18,12 @@ Wall-clock throughput of a small model on a fast GPU is host-bound and varies by
 also sums, per configuration, the GPU time of every kernel the workers ran during one call (CUPTI, through
 ``torch.profiler``; CUDA-graph replays included): steering's cost on the device, resolved well below 1%.
 
+Scores come with a 95% confidence interval (geometric mean of the paired ratios, t interval on their logs). To place a
+gap between engines, one more call per configuration times the worker's per-step calls on the host (in the worker /
+outside it in the engine core / in the driver only), and three diagnostics isolate one part each:
+``idle_llm_generate`` (the steered engine under vLLM's own driver), ``--no-hooks`` (no hooked layer) and
+``--steered-engine-last`` (start order).
+
 The transformers backend runs the same prompts and lengths on a subset (``--hf-prompts``); its throughput is
 tokens per second of that subset (batching more would only help it up to memory), marked as extrapolated.
 
