@@ -372,6 +372,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--cudagraph-max", type=int, default=None, help="largest CUDA-graph batch for both engines (vLLM default: min(2 * max_num_seqs, 512))"
     )
     p.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra vLLM engine argument for every engine, VALUE as JSON or a bare string (repeatable)",
+    )
+    p.add_argument(
         "--kernel-time-rounds",
         type=int,
         default=None,
@@ -408,6 +415,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
     p.add_argument("--json", default=None, help="write results here (rewritten after every round)")
     a = p.parse_args(argv)
+    extra_engine_args: dict[str, Any] = {}  # checked before anything starts
+    for item in a.engine_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--engine-arg: {item!r} is not KEY=VALUE; pass e.g. --engine-arg async_scheduling=true")
+        try:
+            extra_engine_args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra_engine_args[key] = value  # a bare string
 
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
@@ -418,6 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     engine_kwargs: dict[str, Any] = {"load_format": "dummy"} if dummy else {}
     if a.cudagraph_max is not None:
         engine_kwargs["compilation_config"] = {"max_cudagraph_capture_size": a.cudagraph_max}
+    engine_kwargs.update(extra_engine_args)
     kt_rounds = (2 if on_cuda else 0) if a.kernel_time_rounds is None else a.kernel_time_rounds
     cfg = VLLMSteeringConfig(
         model_name=path,
@@ -522,6 +539,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_num_seqs": a.max_num_seqs,
             "tensor_parallel_size": a.tensor_parallel_size,
             "cudagraph_max": a.cudagraph_max,
+            "engine_args": a.engine_arg,
         },
         "steered_engine": {
             "runner": steer.worker_info.get("runner"),

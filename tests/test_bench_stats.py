@@ -68,3 +68,11 @@ def test_summarize_steps_splits_a_span_into_worker_and_outside_time():
     assert out["in_worker_ms"] == pytest.approx(7.0) and out["span_ms"] == pytest.approx(14.0)
     assert out["outside_ms"] == pytest.approx(7.0) and out["outside_ms_per_step"] == pytest.approx(3.5)
     assert summarize_steps({})["steps"] == 0
+
+
+def test_benchmark_refuses_a_malformed_engine_arg_before_starting_engines(tmp_path):
+    from scripts import benchmark
+
+    argv = ["--model", "random:qwen3-tiny", "--work-dir", str(tmp_path), "--engine-arg", "async_scheduling"]
+    with pytest.raises(SystemExit, match="--engine-arg: 'async_scheduling' is not KEY=VALUE"):
+        benchmark.main(argv)

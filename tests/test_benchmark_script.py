@@ -70,8 +70,10 @@ def test_benchmark_without_hooks_runs_only_the_unsteered_configurations(tmp_path
         [
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "4", "--input-len", "8", "--output-len", "4",
             "--rounds", "1", "--no-hooks", "--kernel-time-rounds", "0", "--latency-rounds", "2", "--hf-prompts", "0",
+            "--engine-arg", "async_scheduling=true",
             "--gpu-memory-utilization", "0.05", "--max-slots", "4", "--work-dir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
     assert result["summary"].keys() == {"unsteered", "idle", "idle_llm_generate"}
     assert result["steered_engine"]["hooked_layers"] == 0 and "latency" not in result
+    assert result["workload"]["engine_args"] == ["async_scheduling=true"]
