@@ -36,6 +36,11 @@ def paired_interval(ratios: list[float]) -> tuple[float, float, float]:
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
 
 
+def paired_ratios(samples: dict[str, list[float]], name: str) -> list[float]:
+    """Per-round throughput of ``name`` over the ceiling's (``unsteered``) in the same round."""
+    return [t / b for t, b in zip(samples[name], samples["unsteered"], strict=True)]
+
+
 def interval_text(ratios: list[float]) -> str:
     """'geometric mean [lo, hi]' in % for paired ratios (fractions); no interval for one round."""
     geo, lo, hi = paired_interval(ratios)
@@ -50,7 +55,7 @@ def throughput_table(result: dict[str, Any]) -> str:
     ]
     samples = result["samples_tok_s"]
     for name, s in result["summary"].items():
-        ratios = [t / b for t, b in zip(samples[name], samples["unsteered"], strict=True)]
+        ratios = paired_ratios(samples, name)
         spread = "—" if name == "unsteered" else f"{s['pct_of_ceiling_min']:.1f}..{s['pct_of_ceiling_max']:.1f}"
         lines.append(
             f"| {name} | {s['tok_s_median']:.0f} | {s['tok_s_min']:.0f}..{s['tok_s_max']:.0f} | "
@@ -137,8 +142,8 @@ def pooled_table(results: list[dict[str, Any]]) -> str:
     ratios: dict[str, list[float]] = {}
     for result in results:
         samples = result["samples_tok_s"]
-        for name, tps in samples.items():
-            ratios.setdefault(name, []).extend(100 * t / b for t, b in zip(tps, samples["unsteered"], strict=True))
+        for name in samples:
+            ratios.setdefault(name, []).extend(100 * r for r in paired_ratios(samples, name))
     lines = [
         "| configuration | rounds | % of ceiling (median paired ratio) | quartiles | min..max | geometric mean [95% CI] |",
         "|---|---:|---:|---:|---:|---:|",

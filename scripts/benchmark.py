@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import GenerationConfig  # noqa: E402
-from scripts.bench_table import paired_interval  # noqa: E402
+from scripts.bench_table import paired_interval, paired_ratios  # noqa: E402
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec  # noqa: E402
 
 # Architectures for random-weight models (fine for throughput: weights do not change the work done).
@@ -222,13 +222,20 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 KERNEL_TIMER = "engine.kernel_timer.KernelTimerExtension"
 
 
+def between(rpc: Callable[..., list[Any]], timer: str, fn: Callable[[], Any], end_args: tuple[Any, ...] = ()) -> tuple[Any, list[Any]]:
+    """``(fn(), per-worker results)`` of one call between the workers' ``steer_{timer}_begin`` and ``_end`` RPCs (the end
+    always runs, so a failed call never leaves a worker measuring)."""
+    rpc(f"steer_{timer}_begin")
+    try:
+        out = fn()
+    finally:
+        per_worker = rpc(f"steer_{timer}_end", args=end_args)
+    return out, per_worker
+
+
 def kernel_time(rpc: Callable[..., list[Any]], fn: Callable[[], int]) -> dict[str, Any]:
     """GPU kernel time of one call, summed over the engine's workers (see :mod:`engine.kernel_timer`)."""
-    rpc("steer_kernel_time_begin")
-    try:
-        tokens = fn()
-    finally:
-        per_worker = rpc("steer_kernel_time_end", args=(None,))  # every kernel: per-kernel deltas show where time goes
+    tokens, per_worker = between(rpc, "kernel_time", fn, (None,))  # every kernel: per-kernel deltas show where time goes
     return {
         "kernel_ms": sum(w["kernel_us"] for w in per_worker) / 1000,
         "launches": sum(w["launches"] for w in per_worker),
@@ -310,13 +317,12 @@ def latency_stats(t0: float, stamps: list[list[float]]) -> tuple[float, float]:
     return ttft, statistics.median(gaps) if gaps else float("nan")
 
 
-def summarize(samples: dict[str, list[float]], ceiling: str = "unsteered") -> dict[str, dict[str, float]]:
+def summarize(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """Median throughput and paired per-round ratios to the ceiling (median, min, max; geometric mean with its 95%
     confidence interval)."""
-    base = samples[ceiling]
     out = {}
     for name, tps in samples.items():
-        ratios = [t / b for t, b in zip(tps, base, strict=True)]
+        ratios = paired_ratios(samples, name)
         geo, lo, hi = paired_interval(ratios)
         out[name] = {
             "tok_s_median": statistics.median(tps),
@@ -556,10 +562,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "two engines alive side by side (three with --aa-control); rounds time every configuration once, in a fresh "
             "random order per round, each timed call preceded by an untimed --prewarm-prompts call on the same engine "
             "and configuration, with the driver's GC collected and paused; % of ceiling = median over rounds of "
-            "(config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios; GPU kernel time "
-            "per configuration from CUPTI in the workers"
+            "(config tok/s / unsteered tok/s of the same round); spread = min..max of those ratios; geometric mean of "
+            "those ratios with a 95% t interval on their logs; host time per call split in the worker / outside it / "
+            "driver only (worker step timer); GPU kernel time per configuration from CUPTI in the workers"
         ),
     }
+
+    def save() -> None:
+        """Rewrite the JSON (after every round and part: a run stopped by a time limit keeps what it finished)."""
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(result, indent=1))
+
     samples: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(a.rounds):
@@ -576,9 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             samples[name].append(n / secs)
         result["samples_tok_s"] = samples
         result["summary"] = summarize(samples)
-        if a.json:
-            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(result, indent=1))
+        save()
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
 
     def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -593,14 +605,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
         for _ in range(a.step_time_rounds):
             for name in names:
-                rpc = engine_rpc(name)
                 if a.prewarm_prompts:
                     prewarm[name]()
-                rpc("steer_step_time_begin")
-                try:
-                    secs, _ = timed(runs[name])
-                finally:
-                    worker = rpc("steer_step_time_end")[0]  # rank 0 (the driver worker) paces every step
+                (secs, _), per_worker = between(engine_rpc(name), "step_time", lambda name=name: timed(runs[name]))
+                worker = per_worker[0]  # rank 0 (the driver worker) paces every step
                 steps[name].append({**worker, "call_ms": 1000 * secs, "driver_ms": 1000 * secs - worker["span_ms"]})
         fields = ("call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps")
         result["worker_step_time"] = {
@@ -612,8 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{name:32s} call {x['call_ms']:8.1f}  worker {x['in_worker_ms']:8.1f} ({x['in_worker_ms_per_step']:.2f}/step)  "
                 f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}"
             )
-        if a.json:
-            Path(a.json).write_text(json.dumps(result, indent=1))
+        save()
 
     # GPU kernel time per configuration: immune to host noise, so it resolves what the hooks cost the GPU.
     if kt_rounds:
@@ -647,8 +654,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{name:32s} {k['kernel_ms_median']:10.1f} ms  launches {k['launches']:8d}  {k['pct_of_ceiling']:6.2f}%  "
                 f"own kernels {k['only_here_ms']:.1f} ms vs ceiling's {k['only_in_ceiling_ms']:.1f} ms  {k['kernel_ms']}"
             )
-        if a.json:
-            Path(a.json).write_text(json.dumps(result, indent=1))
+        save()
 
     # Latency of one compare pair (2 requests, same prompt): steered pair vs the ceiling's unsteered pair.
     if a.latency_rounds and not a.no_hooks:  # the compare pair steers a layer: not possible without hooks
@@ -717,8 +723,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for k, v in result["latency"].items()
             )
         )
-    if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=1))
+    save()
     return result
 
 
