@@ -76,3 +76,15 @@ def test_benchmark_refuses_a_malformed_engine_arg_before_starting_engines(tmp_pa
     argv = ["--model", "random:qwen3-tiny", "--work-dir", str(tmp_path), "--engine-arg", "async_scheduling"]
     with pytest.raises(SystemExit, match="--engine-arg: 'async_scheduling' is not KEY=VALUE"):
         benchmark.main(argv)
+
+
+def test_bench_table_refuses_a_file_that_is_not_a_benchmark_result():
+    from pathlib import Path
+
+    from scripts import bench_table
+
+    parity = Path(__file__).resolve().parent.parent / "docs" / "bench" / "h100-parity-qwen3-tiny-fp32.json"
+    with pytest.raises(SystemExit, match=r"h100-parity-qwen3-tiny-fp32.json: not a scripts/benchmark.py result \(no samples_tok_s\)"):
+        bench_table.main([str(parity)])
+    with pytest.raises(SystemExit, match="not a scripts/benchmark.py result"):
+        bench_table.main(["--pool", str(parity)])
