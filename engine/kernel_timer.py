@@ -46,8 +46,12 @@ def summarize_kernels(events: Any, top: int | None = 12, device: str = "cuda") -
 STEP_METHODS = ("execute_model", "sample_tokens")  # the worker's per-step entry points (sample_tokens: async scheduling)
 
 
-def summarize_steps(calls: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+def summarize_steps(calls: dict[str, list[tuple[float, float]]], sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Host time of a worker's per-step calls, from ``(start, end)`` perf-counter pairs per method.
+
+    ``sizes`` holds ``(scheduled tokens, scheduled requests)`` per ``execute_model`` step: two engines given the same
+    work schedule the same tokens in the same number of steps unless one queues or preempts (less KV cache, a
+    request that arrived late), which would make it slower for a reason that is not host time.
 
     ``in_worker_ms`` is the time the engine core spent inside the worker (input preparation, the runner wrappers,
     launching the forward or replaying its CUDA graph, sampling); ``outside_ms`` is the rest of the span from the
@@ -58,8 +62,12 @@ def summarize_steps(calls: dict[str, list[tuple[float, float]]]) -> dict[str, An
     inside = sum(per.values())
     span = (max(b for _, b in spans) - spans[0][0]) * 1000 if spans else 0.0
     steps = len(calls.get("execute_model", []))
+    sizes = sizes or []
     return {
         "steps": steps,
+        "scheduled_tokens": sum(t for t, _ in sizes),
+        "max_batch_reqs": max((r for _, r in sizes), default=0),
+        "mean_batch_reqs": sum(r for _, r in sizes) / len(sizes) if sizes else 0.0,
         **{f"{name}_ms": ms for name, ms in per.items()},
         "in_worker_ms": inside,
         "span_ms": span,
@@ -82,6 +90,7 @@ class StepTimerMixin:
         if getattr(self, "_sidesteer_steps", None) is not None:
             raise RuntimeError("sidesteer: step timing already running in this worker; call steer_step_time_end first")
         calls: dict[str, list[tuple[float, float]]] = {}
+        sizes: list[tuple[int, int]] = []
         saved: dict[str, Any] = {}
         for name in STEP_METHODS:
             original = getattr(self, name, None)
@@ -90,7 +99,10 @@ class StepTimerMixin:
             saved[name] = self.__dict__.get(name)  # an instance attribute someone set before us, else None
             out = calls.setdefault(name, [])
 
-            def timed(*args: Any, _call: Any = original, _out: list = out, **kwargs: Any) -> Any:
+            def timed(*args: Any, _call: Any = original, _out: list = out, _name: str = name, **kwargs: Any) -> Any:
+                if _name == "execute_model" and args:
+                    so = args[0]  # the scheduler output
+                    sizes.append((int(getattr(so, "total_num_scheduled_tokens", 0) or 0), len(getattr(so, "num_scheduled_tokens", ()) or ())))
                 start = time.perf_counter()
                 try:
                     return _call(*args, **kwargs)
@@ -98,21 +110,21 @@ class StepTimerMixin:
                     _out.append((start, time.perf_counter()))
 
             setattr(self, name, timed)
-        self._sidesteer_steps = (calls, saved)
+        self._sidesteer_steps = (calls, sizes, saved)
         return True
 
     def steer_step_time_end(self) -> dict[str, Any]:
         state = getattr(self, "_sidesteer_steps", None)
         if state is None:
             raise RuntimeError("sidesteer: step timing was not started in this worker; call steer_step_time_begin first")
-        calls, saved = state
+        calls, sizes, saved = state
         for name, previous in saved.items():
             if previous is None:
                 self.__dict__.pop(name, None)
             else:
                 setattr(self, name, previous)
         self._sidesteer_steps = None
-        return summarize_steps(calls)
+        return summarize_steps(calls, sizes)
 
 
 class KernelTimerExtension(StepTimerMixin):

@@ -111,13 +111,15 @@ def step_table(result: dict[str, Any]) -> str:
     if not st:
         return ""
     lines = [
-        "| configuration | call ms | in the worker ms (per step) | outside the worker ms (per step) | driver only ms | steps |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| configuration | call ms | in the worker ms (per step) | outside the worker ms (per step) | driver only ms | steps "
+        "| scheduled tokens | batch mean / max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, x in st.items():
         lines.append(
             f"| {name} | {x['call_ms']:.1f} | {x['in_worker_ms']:.1f} ({x['in_worker_ms_per_step']:.2f}) | "
-            f"{x['outside_ms']:.1f} ({x['outside_ms_per_step']:.2f}) | {x['driver_ms']:.1f} | {x['steps']:.0f} |"
+            f"{x['outside_ms']:.1f} ({x['outside_ms_per_step']:.2f}) | {x['driver_ms']:.1f} | {x['steps']:.0f} | "
+            + (f"{x['scheduled_tokens']:.0f} | {x['mean_batch_reqs']:.0f} / {x['max_batch_reqs']:.0f} |" if "scheduled_tokens" in x else "— | — |")
         )
     return "\n".join(lines)
 

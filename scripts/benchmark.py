@@ -610,7 +610,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 (secs, _), per_worker = between(engine_rpc(name), "step_time", lambda name=name: timed(runs[name]))
                 worker = per_worker[0]  # rank 0 (the driver worker) paces every step
                 steps[name].append({**worker, "call_ms": 1000 * secs, "driver_ms": 1000 * secs - worker["span_ms"]})
-        fields = ("call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps")
+        fields = (
+            "call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps",
+            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs",
+        )
         result["worker_step_time"] = {
             name: {**{f: statistics.median(x[f] for x in xs) for f in fields}, "samples": xs} for name, xs in steps.items()
         }
@@ -618,7 +621,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name, x in result["worker_step_time"].items():
             print(
                 f"{name:32s} call {x['call_ms']:8.1f}  worker {x['in_worker_ms']:8.1f} ({x['in_worker_ms_per_step']:.2f}/step)  "
-                f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}"
+                f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}  "
+                f"tokens {x['scheduled_tokens']:.0f}  batch mean {x['mean_batch_reqs']:.0f} max {x['max_batch_reqs']:.0f}"
             )
         save()
 

@@ -62,12 +62,13 @@ def test_summarize_steps_splits_a_span_into_worker_and_outside_time():
     from engine.kernel_timer import summarize_steps
 
     calls = {"execute_model": [(0.000, 0.002), (0.010, 0.013)], "sample_tokens": [(0.002, 0.003), (0.013, 0.014)]}
-    out = summarize_steps(calls)
-    assert out["steps"] == 2
+    out = summarize_steps(calls, [(640, 10), (10, 10)])
+    assert out["steps"] == 2 and out["scheduled_tokens"] == 650
+    assert out["max_batch_reqs"] == 10 and out["mean_batch_reqs"] == pytest.approx(10.0)
     assert out["execute_model_ms"] == pytest.approx(5.0) and out["sample_tokens_ms"] == pytest.approx(2.0)
     assert out["in_worker_ms"] == pytest.approx(7.0) and out["span_ms"] == pytest.approx(14.0)
     assert out["outside_ms"] == pytest.approx(7.0) and out["outside_ms_per_step"] == pytest.approx(3.5)
-    assert summarize_steps({})["steps"] == 0
+    assert summarize_steps({})["steps"] == 0 and summarize_steps({})["scheduled_tokens"] == 0
 
 
 def test_benchmark_refuses_a_malformed_engine_arg_before_starting_engines(tmp_path):

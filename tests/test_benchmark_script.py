@@ -45,6 +45,7 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     for name, x in st.items():  # every call is timed inside the worker: steps seen, host time split three ways
         assert x["steps"] >= 4 and x["in_worker_ms"] > 0 and x["outside_ms"] >= 0, name
         assert x["call_ms"] >= x["in_worker_ms"] + x["outside_ms"] - 1e-6, name
+        assert x["scheduled_tokens"] == 6 * (8 + 4 - 1) and 1 <= x["max_batch_reqs"] <= 6, name  # no token redone
     lat = saved["latency"]
     assert lat.keys() == {"unsteered_pair", "compare_pair", "idle_pair"}
     assert all(len(v["samples"]) == 2 and v["ttft_ms_mean"] > 0 and v["itl_ms_median"] > 0 for v in lat.values())

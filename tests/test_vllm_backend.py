@@ -224,6 +224,8 @@ def test_step_timer_rpc_splits_host_time_and_restores_the_worker(vllm_default):
     during = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
     (out,) = rpc("steer_step_time_end")
     assert out["steps"] >= 6 and out["execute_model_ms"] > 0 and out["in_worker_ms"] > 0
+    # every prompt token once and every generated token but the last fed back: nothing queued, preempted or redone
+    assert out["scheduled_tokens"] == len(during[0].prompt_token_ids) + 6 - 1 and out["max_batch_reqs"] == 1
     assert out["span_ms"] >= out["in_worker_ms"] and out["outside_ms"] == pytest.approx(out["span_ms"] - out["in_worker_ms"])
     with pytest.raises(Exception, match="not started"):
         rpc("steer_step_time_end")
