@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine import GenerationConfig  # noqa: E402
 from scripts.bench_table import paired_interval, paired_ratios  # noqa: E402
+from scripts.cpu_pin import parse_cpulist, pin_all  # noqa: E402
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec  # noqa: E402
 
 # Architectures for random-weight models (fine for throughput: weights do not change the work done).
@@ -416,6 +417,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--steered-engine-last", action="store_true", help="start the plain engine(s) first and the steered engine last (default: steered first)"
     )
+    p.add_argument(
+        "--pin-cpus",
+        default=None,
+        metavar="auto|CPULIST",
+        help="pin the driver and each engine's processes to their own physical cores ('auto': the GPU's NUMA node)",
+    )
     p.add_argument("--order-seed", type=int, default=0, help="seed of the per-round random order of configurations")
     p.add_argument("--only", default=None, help="comma-separated configurations to run (default: all)")
     p.add_argument("--work-dir", default="/tmp/sidesteer-bench")
@@ -430,6 +437,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             extra_engine_args[key] = json.loads(value)
         except json.JSONDecodeError:
             extra_engine_args[key] = value  # a bare string
+
+    if a.pin_cpus and a.pin_cpus != "auto":
+        try:
+            parse_cpulist(a.pin_cpus)  # checked before anything starts
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
 
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
@@ -495,6 +508,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     driver_diag = keep is None or DRIVER_DIAG in keep
 
     plains = {"unsteered": plain} if plain_b is None else {"unsteered": plain, "unsteered_aa_control": plain_b}
+    # After every engine started (their processes exist), before any timed work.
+    pinning = pin_all(a.pin_cpus, {**plains, "steered": steer.llm}) if a.pin_cpus else None
+    if pinning:
+        print(f"pinned: {pinning['sets']}", flush=True)
 
     def calls(batch: list[list[int]]) -> dict[str, Callable[[], int]]:
         """One call per configuration over ``batch`` (the plain engines are looked up at call time, so dropping
@@ -558,6 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "started": "last" if a.steered_engine_last else "first",
         },
         "plain_engine": {"start_s": start_plain, "kv_cache_blocks": kv_blocks(plain)},
+        "cpu_pinning": pinning,
         "method": (
             "two engines alive side by side (three with --aa-control); rounds time every configuration once, in a fresh "
             "random order per round, each timed call preceded by an untimed --prewarm-prompts call on the same engine "

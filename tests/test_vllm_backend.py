@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -231,3 +232,12 @@ def test_step_timer_rpc_splits_host_time_and_restores_the_worker(vllm_default):
         rpc("steer_step_time_end")
     after = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
     assert before[0].token_ids == during[0].token_ids == after[0].token_ids  # timing changes nothing
+
+
+def test_benchmark_cpu_pinning_finds_the_engine_core_process(vllm_default):
+    """scripts/cpu_pin.py pins what it finds here: the live engine-core process of the engine, not the driver."""
+    from scripts import cpu_pin
+
+    pids = cpu_pin.engine_core_pids(vllm_default.llm)
+    assert len(pids) == 1 and pids[0] != os.getpid()
+    assert os.path.exists(f"/proc/{pids[0]}/task") and cpu_pin.process_tree(pids[0])[0] == pids[0]
