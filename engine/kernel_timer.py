@@ -91,6 +91,7 @@ class StepTimerMixin:
             raise RuntimeError("sidesteer: step timing already running in this worker; call steer_step_time_end first")
         calls: dict[str, list[tuple[float, float]]] = {}
         sizes: list[tuple[int, int]] = []
+        empty, skip = [0], [False]
         saved: dict[str, Any] = {}
         for name in STEP_METHODS:
             original = getattr(self, name, None)
@@ -102,7 +103,17 @@ class StepTimerMixin:
             def timed(*args: Any, _call: Any = original, _out: list = out, _name: str = name, **kwargs: Any) -> Any:
                 if _name == "execute_model" and args:
                     so = args[0]  # the scheduler output
-                    sizes.append((int(getattr(so, "total_num_scheduled_tokens", 0) or 0), len(getattr(so, "num_scheduled_tokens", ()) or ())))
+                    tokens = int(getattr(so, "total_num_scheduled_tokens", 0) or 0)
+                    skip[0] = tokens == 0
+                    if skip[0]:
+                        # An empty step (async scheduling issues one after a batch drains, possibly before the timed
+                        # call even starts): not work of the call, and it would stretch the span outside the call.
+                        empty[0] += 1
+                        return _call(*args, **kwargs)
+                    sizes.append((tokens, len(getattr(so, "num_scheduled_tokens", ()) or ())))
+                elif skip[0]:  # the sampling half of an empty step
+                    skip[0] = False
+                    return _call(*args, **kwargs)
                 start = time.perf_counter()
                 try:
                     return _call(*args, **kwargs)
@@ -110,21 +121,21 @@ class StepTimerMixin:
                     _out.append((start, time.perf_counter()))
 
             setattr(self, name, timed)
-        self._sidesteer_steps = (calls, sizes, saved)
+        self._sidesteer_steps = (calls, sizes, empty, saved)
         return True
 
     def steer_step_time_end(self) -> dict[str, Any]:
         state = getattr(self, "_sidesteer_steps", None)
         if state is None:
             raise RuntimeError("sidesteer: step timing was not started in this worker; call steer_step_time_begin first")
-        calls, sizes, saved = state
+        calls, sizes, empty, saved = state
         for name, previous in saved.items():
             if previous is None:
                 self.__dict__.pop(name, None)
             else:
                 setattr(self, name, previous)
         self._sidesteer_steps = None
-        return summarize_steps(calls, sizes)
+        return {**summarize_steps(calls, sizes), "empty_steps": empty[0]}
 
 
 class KernelTimerExtension(StepTimerMixin):

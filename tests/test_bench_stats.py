@@ -89,3 +89,30 @@ def test_bench_table_refuses_a_file_that_is_not_a_benchmark_result():
         bench_table.main([str(parity)])
     with pytest.raises(SystemExit, match="not a scripts/benchmark.py result"):
         bench_table.main(["--pool", str(parity)])
+
+
+def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
+    import time
+    from types import SimpleNamespace
+
+    from engine.kernel_timer import StepTimerMixin
+
+    class Worker(StepTimerMixin):
+        def execute_model(self, so):
+            time.sleep(0.002)
+            return so.total_num_scheduled_tokens
+
+        def sample_tokens(self, grammar=None):
+            return "sampled"
+
+    w = Worker()
+    assert w.steer_step_time_begin() is True
+    step = lambda tokens, reqs: SimpleNamespace(total_num_scheduled_tokens=tokens, num_scheduled_tokens=dict.fromkeys(range(reqs), 1))  # noqa: E731
+    assert w.execute_model(step(0, 0)) == 0 and w.sample_tokens() == "sampled"  # an empty step, then its sampling
+    time.sleep(0.05)  # the gap between the empty step and the call: must not count
+    assert w.execute_model(step(64, 4)) == 64 and w.sample_tokens() == "sampled"
+    assert w.execute_model(step(4, 4)) == 4 and w.sample_tokens() == "sampled"
+    out = w.steer_step_time_end()
+    assert out["steps"] == 2 and out["empty_steps"] == 1 and out["scheduled_tokens"] == 68 and out["max_batch_reqs"] == 4
+    assert out["span_ms"] < 40  # two ~2 ms steps, not the 50 ms since the empty one
+    assert "execute_model" not in w.__dict__ and "sample_tokens" not in w.__dict__  # the class methods are back
