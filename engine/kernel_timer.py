@@ -43,6 +43,58 @@ def summarize_kernels(events: Any, top: int | None = 12, device: str = "cuda") -
     }
 
 
+GAP_SHORT_US = 50.0  # idle gaps shorter than this are launch latency between kernels (also inside CUDA graphs)
+
+
+def summarize_timeline(intervals: list[tuple[float, float]], short_us: float = GAP_SHORT_US) -> dict[str, float]:
+    """How busy the device was over a call, from ``(start_us, end_us)`` kernel intervals.
+
+    ``busy_us`` is the union of the intervals (overlapping kernels count once), ``span_us`` first start to last end;
+    the idle rest splits into short gaps (< ``short_us``: the launch latency between back-to-back kernels, which a
+    sum of kernel durations does not see but a graph with more kernels pays) and long gaps (the device waiting for
+    the host).
+    """
+    if not intervals:
+        return {"busy_us": 0.0, "span_us": 0.0, "idle_short_us": 0.0, "idle_long_us": 0.0, "gaps_short": 0, "gaps_long": 0}
+    ordered = sorted(intervals)
+    busy = short = long_ = 0.0
+    n_short = n_long = 0
+    cur_start, cur_end = ordered[0]
+    for start, end in ordered[1:]:
+        if start <= cur_end:
+            cur_end = max(cur_end, end)
+            continue
+        busy += cur_end - cur_start
+        gap = start - cur_end
+        if gap < short_us:
+            short, n_short = short + gap, n_short + 1
+        else:
+            long_, n_long = long_ + gap, n_long + 1
+        cur_start, cur_end = start, end
+    busy += cur_end - cur_start
+    return {
+        "busy_us": busy,
+        "span_us": max(e for _, e in ordered) - ordered[0][0],
+        "idle_short_us": short,
+        "idle_long_us": long_,
+        "gaps_short": n_short,
+        "gaps_long": n_long,
+    }
+
+
+def device_intervals(prof: Any, device: str = "cuda") -> list[tuple[float, float]]:
+    """``(start_us, end_us)`` of every event a profiler recorded on ``device`` ("cuda": kernels and copies)."""
+    from torch.autograd import DeviceType
+
+    want = DeviceType.CUDA if device == "cuda" else DeviceType.CPU
+    out = []
+    for e in prof.profiler.kineto_results.events():
+        if e.device_type() == want:
+            start = e.start_ns() / 1000
+            out.append((start, start + e.duration_ns() / 1000))
+    return out
+
+
 STEP_METHODS = ("execute_model", "sample_tokens")  # the worker's per-step entry points (sample_tokens: async scheduling)
 
 
@@ -169,4 +221,8 @@ class KernelTimerExtension(StepTimerMixin):
             torch.cuda.synchronize()
         prof.stop()
         self._sidesteer_profiler = None
-        return summarize_kernels(prof.key_averages(), top, "cuda" if on_cuda else "cpu")
+        device = "cuda" if on_cuda else "cpu"
+        out = summarize_kernels(prof.key_averages(), top, device)
+        if on_cuda:  # CPU operators nest, so a timeline of them says nothing about idle time
+            out["timeline"] = summarize_timeline(device_intervals(prof, device))
+        return out

@@ -103,6 +103,18 @@ def kernel_table(result: dict[str, Any]) -> str:
     for name, k in kt.items():
         own = f"{k['only_here_ms']:.1f} vs {k['only_in_ceiling_ms']:.1f}" if "only_here_ms" in k else "—"
         lines.append(f"| {name} | {k['kernel_ms_median']:.1f} | {k['launches']} | {k['pct_of_ceiling']:.2f} | {own} |")
+    timed = {name: k["timeline_ms"] for name, k in kt.items() if "timeline_ms" in k}
+    if timed:
+        lines += [
+            "",
+            "| configuration | device busy ms (union of kernels) | span ms | idle in short gaps ms (count) | idle in long gaps ms (count) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, t in timed.items():
+            lines.append(
+                f"| {name} | {t['busy']:.1f} | {t['span']:.1f} | {t['idle_short']:.1f} ({t['gaps_short']:.0f}) | "
+                f"{t['idle_long']:.1f} ({t['gaps_long']:.0f}) |"
+            )
     return "\n".join(lines)
 
 

@@ -242,6 +242,7 @@ def kernel_time(rpc: Callable[..., list[Any]], fn: Callable[[], int]) -> dict[st
         "launches": sum(w["launches"] for w in per_worker),
         "tokens": tokens,
         "top": per_worker[0]["top"],  # rank 0's kernels, most expensive first
+        **({"timeline": per_worker[0]["timeline"]} if "timeline" in per_worker[0] else {}),  # rank 0's busy / idle time
     }
 
 
@@ -659,6 +660,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "launches": ks[0]["launches"],
                 "pct_of_ceiling": 100 * base_ms / statistics.median(k["kernel_ms"] for k in ks),
                 "kernels": ks[0]["top"],
+                **(
+                    {"timeline_ms": {f.replace("_us", ""): statistics.median(k["timeline"][f] for k in ks) / (1000 if f.endswith("_us") else 1)
+                                     for f in ks[0]["timeline"]}}
+                    if "timeline" in ks[0] else {}
+                ),
             }
             for name, ks in ktimes.items()
         }
@@ -676,6 +682,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{name:32s} {k['kernel_ms_median']:10.1f} ms  launches {k['launches']:8d}  {k['pct_of_ceiling']:6.2f}%  "
                 f"own kernels {k['only_here_ms']:.1f} ms vs ceiling's {k['only_in_ceiling_ms']:.1f} ms  {k['kernel_ms']}"
             )
+            if "timeline_ms" in k:  # rank 0's device timeline: busy (union of kernels), idle between kernels / waiting
+                t = k["timeline_ms"]
+                print(
+                    f"{'':32s} busy {t['busy']:.1f} of {t['span']:.1f} ms; idle {t['idle_short']:.1f} ms in {t['gaps_short']:.0f} "
+                    f"short gaps, {t['idle_long']:.1f} ms in {t['gaps_long']:.0f} long gaps"
+                )
         save()
 
     # Latency of one compare pair (2 requests, same prompt): steered pair vs the ceiling's unsteered pair.

@@ -116,3 +116,34 @@ def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
     assert out["steps"] == 2 and out["empty_steps"] == 1 and out["scheduled_tokens"] == 68 and out["max_batch_reqs"] == 4
     assert out["span_ms"] < 40  # two ~2 ms steps, not the 50 ms since the empty one
     assert "execute_model" not in w.__dict__ and "sample_tokens" not in w.__dict__  # the class methods are back
+
+
+def test_summarize_timeline_unions_kernels_and_splits_idle_gaps():
+    from engine.kernel_timer import summarize_timeline
+
+    # two overlapping kernels (0-10, 5-12), a 3 us launch gap, a kernel 15-20, a 100 us wait, a kernel 120-130
+    out = summarize_timeline([(120.0, 130.0), (0.0, 10.0), (5.0, 12.0), (15.0, 20.0)])
+    assert out == {
+        "busy_us": 12.0 + 5.0 + 10.0,
+        "span_us": 130.0,
+        "idle_short_us": 3.0,
+        "idle_long_us": 100.0,
+        "gaps_short": 1,
+        "gaps_long": 1,
+    }
+    assert summarize_timeline([])["busy_us"] == 0.0
+
+
+def test_device_intervals_reads_a_profiler_timeline():
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.kernel_timer import device_intervals, summarize_timeline
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        x = torch.randn(64, 64)
+        (x @ x).sum()
+    spans = device_intervals(prof, "cpu")
+    assert len(spans) >= 3 and all(end >= start for start, end in spans)
+    t = summarize_timeline(spans)
+    assert 0 < t["busy_us"] <= t["span_us"]
