@@ -396,9 +396,12 @@ class VLLMSteerModel(SteerableModel):
                         pending.extendleft(reversed(admitted))  # so the error below reaches their callers too
                         raise
                 for req in admitted:
-                    req.params.extra_args = {SLOT_ARG: req.slot}
+                    # An unsteered request carries nothing (the workers read a missing slot as 0): it is a plain
+                    # vLLM request, byte for byte.
+                    if req.slot:
+                        req.params.extra_args = {SLOT_ARG: req.slot}
                     if req.capture_id is not None:
-                        req.params.extra_args[CAPTURE_ARG] = req.capture_id
+                        req.params.extra_args = {**(req.params.extra_args or {}), CAPTURE_ARG: req.capture_id}
                         req.params.extra_args[SKIP_FIRST_ARG] = len(req.prompt_ids) > 1
                     prompt: dict[str, Any] = {"prompt_token_ids": req.prompt_ids}
                     if req.salt:
@@ -468,7 +471,9 @@ class VLLMSteerModel(SteerableModel):
             max_tokens=max_tokens or config.max_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
-            seed=config.seed_for(index),
+            # Greedy decoding draws nothing at random: a seed would only be carried along (and make the request
+            # differ from a plain vLLM one).
+            seed=config.seed_for(index) if config.temperature > 0 else None,
             ignore_eos=config.ignore_eos,
             stop_token_ids=[] if config.ignore_eos else sorted(self._eos_ids),
             detokenize=False,

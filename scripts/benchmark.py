@@ -258,21 +258,16 @@ def kv_blocks(llm: Any) -> int | None:
     return getattr(llm.llm_engine.vllm_config.cache_config, "num_gpu_blocks", None)
 
 
-def plain_generate(llm: Any, prompts: list[list[int]], output_len: int) -> int:
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+def plain_generate(llm: Any, params: list[Any]) -> int:
+    """Generated tokens of one ``LLM.generate`` call over the benchmark's prompts, one ``SamplingParams`` per prompt.
 
-    # FINAL_ONLY, as the steered driver asks for: LLM.generate's default (CUMULATIVE) builds an output object per
-    # request per step, which on a small model costs the ceiling more host time than the steering costs the GPU.
-    params = SamplingParams(
-        max_tokens=output_len,
-        min_tokens=output_len,
-        temperature=0.0,
-        ignore_eos=True,
-        detokenize=False,
-        output_kind=RequestOutputKind.FINAL_ONLY,
-    )
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    ``params`` are the very objects sidesteer's driver builds for unsteered requests (``VLLMSteerModel._params``):
+    the ceiling and the steered engine then differ in nothing but the engine. An earlier ceiling also set
+    ``min_tokens=output_len``, which vLLM 0.26's ``check_stop`` short-circuits on, skipping its per-token stop checks:
+    ~5-10% of a host-bound 0.6B call that the steered requests paid and the ceiling did not (engine-core cProfile).
+    """
+    prompts = [p["prompt"] for p in params]
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [p["sampling"] for p in params], use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)
 
 
@@ -523,13 +518,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def calls(batch: list[list[int]]) -> dict[str, Callable[[], int]]:
         """One call per configuration over ``batch`` (the plain engines are looked up at call time, so dropping
         ``plains`` later frees them)."""
-        out: dict[str, Callable[[], int]] = {
-            name: (lambda name=name: plain_generate(plains[name], batch, a.output_len)) for name in plains
-        }
+        def plain_params() -> list[dict[str, Any]]:  # fresh per call: vLLM may keep (skip_clone) what it is given
+            return [{"prompt": p, "sampling": steer._params(gen, i)} for i, p in enumerate(batch)]
+
+        out: dict[str, Callable[[], int]] = {name: (lambda name=name: plain_generate(plains[name], plain_params())) for name in plains}
         for name, specs in confs.items():
             out[name] = lambda specs=specs: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
         if driver_diag:
-            out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, batch, a.output_len))
+            out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, plain_params()))
         return out
 
     runs = calls(prompts)

@@ -147,3 +147,19 @@ def test_device_intervals_reads_a_profiler_timeline():
     assert len(spans) >= 3 and all(end >= start for start, end in spans)
     t = summarize_timeline(spans)
     assert 0 < t["busy_us"] <= t["span_us"]
+
+
+def test_plain_generate_gives_each_prompt_its_own_params():
+    from types import SimpleNamespace
+
+    from scripts import benchmark
+
+    seen = {}
+
+    class FakeLLM:
+        def generate(self, prompts, params, use_tqdm):
+            seen["prompts"], seen["params"] = prompts, params
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3])]) for _ in prompts]
+
+    n = benchmark.plain_generate(FakeLLM(), [{"prompt": [5, 6], "sampling": "A"}, {"prompt": [7], "sampling": "B"}])
+    assert n == 6 and seen == {"prompts": [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [7]}], "params": ["A", "B"]}

@@ -241,3 +241,12 @@ def test_benchmark_cpu_pinning_finds_the_engine_core_process(vllm_default):
     pids = cpu_pin.engine_core_pids(vllm_default.llm)
     assert len(pids) == 1 and pids[0] != os.getpid()
     assert os.path.exists(f"/proc/{pids[0]}/task") and cpu_pin.process_tree(pids[0])[0] == pids[0]
+
+
+def test_unsteered_greedy_requests_are_plain_vllm_requests(vllm_default):
+    """What the driver sends for an unsteered greedy request is what a plain vLLM user would send (no seed, no extra
+    args, no min_tokens): the benchmark's ceiling uses these same objects, so the two differ only in the engine."""
+    greedy = vllm_default._params(GenerationConfig(max_new_tokens=4, ignore_eos=True), 3)
+    assert greedy.seed is None and greedy.extra_args is None and greedy.min_tokens == 0 and greedy.max_tokens == 4
+    sampled = vllm_default._params(GenerationConfig(max_new_tokens=4, temperature=0.7, seed=5), 3)
+    assert sampled.seed == 8 and sampled.extra_args is None  # seed + index: sampling stays reproducible per prompt
