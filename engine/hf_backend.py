@@ -195,7 +195,9 @@ class HFSteerModel(SteerableModel):
                 positions = positions[:, -1:] + 1
                 out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
 
-    def _generate(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> list[Generation]:
+    def _generate(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True
+    ) -> list[Generation]:
         tokens: list[list[int]] = [[] for _ in prompt_ids]
         reasons: list[str | None] = [None] * len(prompt_ids)
         for step, step_reasons in self._steps(prompt_ids, config, specs):
@@ -204,7 +206,7 @@ class HFSteerModel(SteerableModel):
                 if tok is not None:
                     tokens[row].append(tok)
         keys = spec_keys(specs)
-        texts = self.decode_all(tokens)
+        texts = self.decode_all(tokens, decode_text)
         return [
             Generation(
                 text=texts[row],

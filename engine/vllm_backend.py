@@ -513,7 +513,9 @@ class VLLMSteerModel(SteerableModel):
             if job.remaining:
                 self._inbox.put(("abort", job))
 
-    def _generate(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> list[Generation]:
+    def _generate(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True
+    ) -> list[Generation]:
         tokens: list[list[int]] = [[] for _ in prompt_ids]
         reasons: list[str] = ["length"] * len(prompt_ids)
         job = self._submit(prompt_ids, config, specs)
@@ -522,7 +524,7 @@ class VLLMSteerModel(SteerableModel):
             if finished:
                 reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
         keys = [r.key for r in job.requests]  # fingerprints computed once per distinct spec at submission
-        texts = self.decode_all(tokens)
+        texts = self.decode_all(tokens, decode_text)
         return [
             Generation(
                 text=texts[i],

@@ -73,6 +73,12 @@ def engine_ratio(result: dict[str, Any]) -> tuple[float, float, float, int]:
     :func:`paired_interval` over rounds. Where every steered configuration runs alike (the GPU kernels say they do),
     this averages the per-call noise of 8-9 calls per round and resolves an engine-level difference that single rows
     cannot."""
+    ratios = engine_round_ratios(result)
+    return (*paired_interval(ratios), len(ratios))
+
+
+def engine_round_ratios(result: dict[str, Any]) -> list[float]:
+    """Per round: geometric mean of the steered engine's calls over that of the plain engines' calls."""
     samples = result["samples_tok_s"]
     plain = [k for k in samples if k.startswith("unsteered")]
     steered = [k for k in samples if k not in plain]
@@ -82,8 +88,7 @@ def engine_ratio(result: dict[str, Any]) -> tuple[float, float, float, int]:
     def geo(names: list[str], r: int) -> float:
         return math.exp(statistics.fmean(math.log(samples[k][r]) for k in names))
 
-    ratios = [geo(steered, r) / geo(plain, r) for r in range(len(samples["unsteered"]))]
-    return (*paired_interval(ratios), len(ratios))
+    return [geo(steered, r) / geo(plain, r) for r in range(len(samples["unsteered"]))]
 
 
 def engine_line(result: dict[str, Any]) -> str:
@@ -167,6 +172,10 @@ def pooled_table(results: list[dict[str, Any]]) -> str:
         q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0], r[0], r[0]]
         ci = "—" if name == "unsteered" else interval_text([x / 100 for x in r])
         lines.append(f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} | {ci} |")
+    engine = [x for result in results for x in engine_round_ratios(result)]
+    lines.append(
+        f"| **steered engine vs plain engines, all configurations pooled per round** | {len(engine)} | | | | **{interval_text(engine)}** |"
+    )
     return "\n".join(lines)
 
 

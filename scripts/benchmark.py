@@ -523,7 +523,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         out: dict[str, Callable[[], int]] = {name: (lambda name=name: plain_generate(plains[name], plain_params())) for name in plains}
         for name, specs in confs.items():
-            out[name] = lambda specs=specs: sum(g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)]))
+            out[name] = lambda specs=specs: sum(
+                g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)], decode_text=False)
+            )  # token ids only, as the ceiling (detokenize=False)
         if driver_diag:
             out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, plain_params()))
         return out

@@ -220,3 +220,6 @@ def test_decode_all_uses_one_batch_call_where_the_tokenizer_has_it(model, monkey
     assert model.decode_all(seqs) == one_by_one and calls == [(seqs, True)]
     gen = model.generate_token_ids([[5, 6]], GenerationConfig(max_new_tokens=3, ignore_eos=True))[0]
     assert gen.text == model.tokenizer.decode(gen.token_ids, skip_special_tokens=True) and len(calls) == 2
+    calls.clear()
+    ids_only = model.generate_token_ids([[5, 6]], GenerationConfig(max_new_tokens=3, ignore_eos=True), decode_text=False)[0]
+    assert ids_only.token_ids == gen.token_ids and ids_only.text == "" and calls == []  # nothing decoded

@@ -250,3 +250,7 @@ def test_unsteered_greedy_requests_are_plain_vllm_requests(vllm_default):
     assert greedy.seed is None and greedy.extra_args is None and greedy.min_tokens == 0 and greedy.max_tokens == 4
     sampled = vllm_default._params(GenerationConfig(max_new_tokens=4, temperature=0.7, seed=5), 3)
     assert sampled.seed == 8 and sampled.extra_args is None  # seed + index: sampling stays reproducible per prompt
+    config = GenerationConfig(max_new_tokens=4, ignore_eos=True)
+    with_text = vllm_default.generate_token_ids([[1, 2, 3]], config)[0]
+    ids_only = vllm_default.generate_token_ids([[1, 2, 3]], config, decode_text=False)[0]
+    assert ids_only.token_ids == with_text.token_ids and ids_only.text == "" and with_text.text
