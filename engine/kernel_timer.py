@@ -11,7 +11,9 @@ forward, sampling) and everything outside it (the engine core's scheduling and o
 between two engines can be placed on one side or the other.
 
 This module imports nothing of the steering extension: a plain ``vllm.LLM`` can load it as its
-``worker_extension_cls`` and stay a no-steering baseline (no hooks, no runner wrappers).
+``worker_extension_cls`` and stay a no-steering baseline (no hooks, no slot tables). Where vLLM forks its engine
+processes from a driver that has already imported ``engine.vllm_worker``, the plain engine's runner inherits that
+module's input wrapper, which passes straight through without slot tables.
 """
 
 from __future__ import annotations

@@ -401,8 +401,8 @@ class VLLMSteerModel(SteerableModel):
                     if req.slot:
                         req.params.extra_args = {SLOT_ARG: req.slot}
                     if req.capture_id is not None:
-                        req.params.extra_args = {**(req.params.extra_args or {}), CAPTURE_ARG: req.capture_id}
-                        req.params.extra_args[SKIP_FIRST_ARG] = len(req.prompt_ids) > 1
+                        capture = {CAPTURE_ARG: req.capture_id, SKIP_FIRST_ARG: len(req.prompt_ids) > 1}
+                        req.params.extra_args = {**(req.params.extra_args or {}), **capture}
                     prompt: dict[str, Any] = {"prompt_token_ids": req.prompt_ids}
                     if req.salt:
                         prompt["cache_salt"] = req.salt

@@ -246,6 +246,14 @@ def kernel_time(rpc: Callable[..., list[Any]], fn: Callable[[], int]) -> dict[st
     }
 
 
+def median_timeline_ms(timelines: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each field of several calls' device timelines, times in ms (``busy_us`` -> ``busy``), counts as is."""
+    return {
+        f.removesuffix("_us"): statistics.median(t[f] for t in timelines) / (1000 if f.endswith("_us") else 1)
+        for f in timelines[0]
+    }
+
+
 def plain_engine(args: dict[str, Any]) -> Any:
     from vllm import LLM
 
@@ -258,7 +266,7 @@ def kv_blocks(llm: Any) -> int | None:
     return getattr(llm.llm_engine.vllm_config.cache_config, "num_gpu_blocks", None)
 
 
-def plain_generate(llm: Any, params: list[Any]) -> int:
+def plain_generate(llm: Any, prompts: list[list[int]], params: list[Any]) -> int:
     """Generated tokens of one ``LLM.generate`` call over the benchmark's prompts, one ``SamplingParams`` per prompt.
 
     ``params`` are the very objects sidesteer's driver builds for unsteered requests (``VLLMSteerModel._params``):
@@ -266,8 +274,7 @@ def plain_generate(llm: Any, params: list[Any]) -> int:
     ``min_tokens=output_len``, on which vLLM 0.26's ``check_stop`` returns at once, skipping the per-token stop checks
     that the steered requests paid (found in the engine core's cProfile; ~22 ms of a ~3.5 s 0.6B call).
     """
-    prompts = [p["prompt"] for p in params]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [p["sampling"] for p in params], use_tqdm=False)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     return sum(len(o.outputs[0].token_ids) for o in outs)
 
 
@@ -474,7 +481,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # hooks' host or device cost from the rest (only the unsteered configurations can run on it).
     steer = VLLMSteerModel(cfg, bootstrap_layers=() if a.no_hooks else None, start=False)
     plain_args = steer._engine_args()
-    plain_args.pop("additional_config")  # no steering layout: no hooks, no slot tables, no runner wrappers
+    plain_args.pop("additional_config")  # no steering layout: no hooks, no slot tables (see kernel_timer on wrappers)
     plain_args["worker_extension_cls"] = KERNEL_TIMER  # kernel timing only (imports nothing of the steering)
 
     def start_steered_engine() -> float:
@@ -518,16 +525,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def calls(batch: list[list[int]]) -> dict[str, Callable[[], int]]:
         """One call per configuration over ``batch`` (the plain engines are looked up at call time, so dropping
         ``plains`` later frees them)."""
-        def plain_params() -> list[dict[str, Any]]:  # fresh per call: vLLM may keep (skip_clone) what it is given
-            return [{"prompt": p, "sampling": steer._params(gen, i)} for i, p in enumerate(batch)]
+        def plain_params() -> list[Any]:  # fresh per call: vLLM may keep (skip_clone) what it is given
+            return [steer._params(gen, i) for i in range(len(batch))]
 
-        out: dict[str, Callable[[], int]] = {name: (lambda name=name: plain_generate(plains[name], plain_params())) for name in plains}
+        out: dict[str, Callable[[], int]] = {name: (lambda name=name: plain_generate(plains[name], batch, plain_params())) for name in plains}
         for name, specs in confs.items():
             out[name] = lambda specs=specs: sum(
                 g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)], decode_text=False)
             )  # token ids only, as the ceiling (detokenize=False)
         if driver_diag:
-            out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, plain_params()))
+            out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, batch, plain_params()))
         return out
 
     runs = calls(prompts)
@@ -680,11 +687,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "launches": ks[0]["launches"],
                 "pct_of_ceiling": 100 * base_ms / statistics.median(k["kernel_ms"] for k in ks),
                 "kernels": ks[0]["top"],
-                **(
-                    {"timeline_ms": {f.replace("_us", ""): statistics.median(k["timeline"][f] for k in ks) / (1000 if f.endswith("_us") else 1)
-                                     for f in ks[0]["timeline"]}}
-                    if "timeline" in ks[0] else {}
-                ),
+                **({"timeline_ms": median_timeline_ms([k["timeline"] for k in ks])} if "timeline" in ks[0] else {}),
             }
             for name, ks in ktimes.items()
         }

@@ -161,5 +161,12 @@ def test_plain_generate_gives_each_prompt_its_own_params():
             seen["prompts"], seen["params"] = prompts, params
             return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3])]) for _ in prompts]
 
-    n = benchmark.plain_generate(FakeLLM(), [{"prompt": [5, 6], "sampling": "A"}, {"prompt": [7], "sampling": "B"}])
+    n = benchmark.plain_generate(FakeLLM(), [[5, 6], [7]], ["A", "B"])
     assert n == 6 and seen == {"prompts": [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [7]}], "params": ["A", "B"]}
+
+
+def test_median_timeline_ms_takes_medians_and_converts_times_only():
+    from scripts import benchmark
+
+    calls = [{"busy_us": 1000.0, "gaps_long": 3}, {"busy_us": 3000.0, "gaps_long": 5}, {"busy_us": 2000.0, "gaps_long": 4}]
+    assert benchmark.median_timeline_ms(calls) == {"busy": 2.0, "gaps_long": 4}
