@@ -176,21 +176,33 @@ class StepTimerMixin:
                     _out.append((start, time.perf_counter()))
 
             setattr(self, name, timed)
-        self._sidesteer_steps = (calls, sizes, empty, saved)
+        self._sidesteer_steps = (calls, sizes, empty, saved, _update_counters(self))
         return True
 
     def steer_step_time_end(self) -> dict[str, Any]:
         state = getattr(self, "_sidesteer_steps", None)
         if state is None:
             raise RuntimeError("sidesteer: step timing was not started in this worker; call steer_step_time_begin first")
-        calls, sizes, empty, saved = state
+        calls, sizes, empty, saved, before = state
         for name, previous in saved.items():
             if previous is None:
                 self.__dict__.pop(name, None)
             else:
                 setattr(self, name, previous)
         self._sidesteer_steps = None
-        return {**summarize_steps(calls, sizes), "empty_steps": empty[0]}
+        out = {**summarize_steps(calls, sizes), "empty_steps": empty[0]}
+        after = _update_counters(self)
+        if before is not None and after is not None:
+            # sidesteer's own per-step host work (the slot index), a part of in_worker_ms; absent on a plain engine.
+            out["steer_update_ms"] = 1000 * (after[0] - before[0])
+            out["steer_update_calls"] = after[1] - before[1]
+        return out
+
+
+def _update_counters(worker: Any) -> tuple[float, int] | None:
+    """``(seconds, calls)`` spent in the steering state's per-step ``update`` so far; None without steering."""
+    state = getattr(getattr(worker, "model_runner", None), "_sidesteer", None)
+    return None if state is None else (state.update_s, state.update_calls)
 
 
 def summarize_pstats(stats: Any, top: int = 30) -> dict[str, Any]:

@@ -171,6 +171,13 @@ class SlotManager:
         return sum(1 for r in self.refs[1:] if r > 0)
 
 
+def cache_salt(key: str) -> str:
+    """The ``cache_salt`` of a request steered by the spec with fingerprint ``key``: prefix caching then shares KV
+    only between requests steered alike (a steered prompt's KV differs from the unsteered one after the first
+    hooked layer)."""
+    return "sidesteer-" + key[:32]
+
+
 def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, Any]]:
     """A spec as the worker's wire format: per layer, float32 bytes for vectors and floats for scalars."""
     out: dict[int, dict[str, Any]] = {}
@@ -493,7 +500,7 @@ class VLLMSteerModel(SteerableModel):
         for index, (ids, spec, key) in enumerate(zip(prompt_ids, specs, spec_keys(specs), strict=True)):
             if not ids:
                 raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
-            salt = None if key is None else "sidesteer-" + key[:32]
+            salt = None if key is None else cache_salt(key)
             job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt, key=key))
         job.remaining = len(job.requests)
         self._inbox.put(("job", job))

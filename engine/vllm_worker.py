@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,8 @@ class WorkerSteering:
         self._ring = 0
         self._index_dirty = False  # slot_index on the device holds a non-zero row somewhere
         self.n_steered = 0  # live requests with a non-zero slot (0: every step's index is all zeros)
+        self.update_s = 0.0  # host time spent in update(), and its calls (diagnostics)
+        self.update_calls = 0
         self.req_slots: dict[str, int] = {}
         self.req_capture: dict[str, int] = {}
         self._last_ids: list[str] = []  # request order of the last steered step and its slots (decode steps repeat it)
@@ -158,8 +161,17 @@ class WorkerSteering:
     def update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
         """Fill the per-token slot index for one forward (request order = the runner's token order).
 
-        Idempotent for one scheduler output: calling it twice for the same step gives the same index.
+        Idempotent for one scheduler output: calling it twice for the same step gives the same index. Its host time
+        adds up in ``update_s`` / ``update_calls`` (the step timer reports them: sidesteer's own per-step cost).
         """
+        start = time.perf_counter()
+        try:
+            self._update(scheduler_output, req_ids, num_scheduled)
+        finally:
+            self.update_s += time.perf_counter() - start
+            self.update_calls += 1
+
+    def _update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
         first_here: set[str] = set()  # capture requests whose position-0 token is in this step
         new_reqs = getattr(scheduler_output, "scheduled_new_reqs", ()) or ()
         for new in new_reqs:

@@ -105,6 +105,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     ),
 }
 DRIVER_DIAG = "idle_llm_generate"  # see main(): the steered engine under vLLM's own driver
+DRIVER_DIAG_STEERED = "one_layer_llm_generate"  # the same with one_layer's steered requests (see steered_llm_generate)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -266,7 +267,7 @@ def kv_blocks(llm: Any) -> int | None:
     return getattr(llm.llm_engine.vllm_config.cache_config, "num_gpu_blocks", None)
 
 
-def plain_generate(llm: Any, prompts: list[list[int]], params: list[Any]) -> int:
+def plain_generate(llm: Any, prompts: list[list[int]], params: list[Any], salt: str | None = None) -> int:
     """Generated tokens of one ``LLM.generate`` call over the benchmark's prompts, one ``SamplingParams`` per prompt.
 
     ``params`` are the very objects sidesteer's driver builds for unsteered requests (``VLLMSteerModel._params``):
@@ -274,8 +275,47 @@ def plain_generate(llm: Any, prompts: list[list[int]], params: list[Any]) -> int
     ``min_tokens=output_len``, on which vLLM 0.26's ``check_stop`` returns at once, skipping the per-token stop checks
     that the steered requests paid (found in the engine core's cProfile; ~22 ms of a ~3.5 s 0.6B call).
     """
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    return sum(len(o.outputs[0].token_ids) for o in outs)
+    return num_tokens(plain_outputs(llm, prompts, params, salt))
+
+
+def plain_outputs(llm: Any, prompts: list[list[int]], params: list[Any], salt: str | None = None) -> list[Any]:
+    """``LLM.generate``'s outputs for :func:`plain_generate` (``salt``: every prompt's ``cache_salt``)."""
+    extra = {"cache_salt": salt} if salt else {}
+    return llm.generate([{"prompt_token_ids": p, **extra} for p in prompts], params, use_tqdm=False)
+
+
+def num_tokens(outputs: list[Any]) -> int:
+    return sum(len(o.outputs[0].token_ids) for o in outputs)
+
+
+def steered_llm_generate(steer: Any, spec: SteeringSpec, prompts: list[list[int]], params: list[Any]) -> list[Any]:
+    """Steered requests through vLLM's own ``LLM.generate`` on the steered engine (run on its loop thread).
+
+    The requests are byte for byte what sidesteer's driver submits for ``spec`` (its slot in ``extra_args``, its
+    ``cache_salt``); only the driver differs. Against ``one_layer`` it isolates sidesteer's driver on steered
+    traffic, against ``idle_llm_generate`` what steered requests cost the engine.
+    """
+    from engine.vllm_backend import cache_salt
+    from engine.vllm_worker import SLOT_ARG
+
+    spec = steer.validate_spec(spec)
+    key = spec.fingerprint()
+
+    def run() -> list[Any]:
+        got = steer.slots.acquire(key)  # held for the call, as the driver holds it while its requests run
+        if got is None:
+            raise RuntimeError("every steering slot is busy")
+        slot, upload = got
+        try:
+            if upload:
+                steer._write_slots({slot: (key, spec)})
+            for p in params:
+                p.extra_args = {SLOT_ARG: slot}
+            return plain_outputs(steer.llm, prompts, params, cache_salt(key))
+        finally:
+            steer.slots.release(slot)
+
+    return steer._call(run)
 
 
 def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) -> tuple[float, float]:
@@ -401,6 +441,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="calls per configuration timed inside the worker (host time in the worker vs outside it vs the driver)",
     )
     p.add_argument(
+        "--step-time-in-rounds",
+        action="store_true",
+        help="also split the host time of every timed call of the throughput rounds (median over the rounds)",
+    )
+    p.add_argument(
         "--host-profile-rounds",
         type=int,
         default=0,
@@ -515,6 +560,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # ceiling's request parameters, on the driver's loop thread). Against the ceiling it isolates the engine side
     # (hooks, slot index, worker wrappers); against `idle` it isolates sidesteer's driver.
     driver_diag = keep is None or DRIVER_DIAG in keep
+    driver_diag_steered = not a.no_hooks and (keep is None or DRIVER_DIAG_STEERED in keep)
+    one_layer = spec_one_layer(num_layers, hidden)  # == configurations()'s one_layer spec (same fingerprint, same slot)
 
     plains = {"unsteered": plain} if plain_b is None else {"unsteered": plain, "unsteered_aa_control": plain_b}
     # After every engine started (their processes exist), before any timed work.
@@ -535,6 +582,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )  # token ids only, as the ceiling (detokenize=False)
         if driver_diag:
             out[DRIVER_DIAG] = lambda: steer._call(lambda: plain_generate(steer.llm, batch, plain_params()))
+        if driver_diag_steered:
+            out[DRIVER_DIAG_STEERED] = lambda: num_tokens(steered_llm_generate(steer, one_layer, batch, plain_params()))
         return out
 
     runs = calls(prompts)
@@ -604,7 +653,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             Path(a.json).write_text(json.dumps(result, indent=1))
 
+    def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
+
+    def engine_rpc(name: str) -> Callable[..., list[Any]]:
+        return plains[name].collective_rpc if name in plains else steer_rpc
+
+    def step_timed(name: str) -> tuple[float, int]:
+        """``timed(runs[name])`` inside the worker step timer, its host-time split kept in ``steps``."""
+        (secs, n), per_worker = between(engine_rpc(name), "step_time", lambda: timed(runs[name]))
+        worker = per_worker[0]  # rank 0 (the driver worker) paces every step
+        steps[name].append({**worker, "call_ms": 1000 * secs, "driver_ms": 1000 * secs - worker["span_ms"]})
+        return secs, n
+
     samples: dict[str, list[float]] = {name: [] for name in runs}
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(a.rounds):
         # A fresh random order every round: with a rotated order, each configuration always follows the same one, and
@@ -616,41 +679,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for name in order:
             if a.prewarm_prompts:
                 prewarm[name]()
-            secs, n = timed(runs[name])
+            # --step-time-in-rounds: every timed call also splits its host time (two RPCs around it, outside the
+            # timing), so the split is averaged over the same rounds as the throughput instead of one extra call.
+            secs, n = step_timed(name) if a.step_time_in_rounds else timed(runs[name])
             samples[name].append(n / secs)
         result["samples_tok_s"] = samples
         result["summary"] = summarize(samples)
         save()
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
 
-    def steer_rpc(method: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        return steer._call(lambda: steer.engine.collective_rpc(method, args=args))
-
-    def engine_rpc(name: str) -> Callable[..., list[Any]]:
-        return plains[name].collective_rpc if name in plains else steer_rpc
-
     # Host time per step inside the worker vs outside it (engine core) vs the driver, per configuration: places a
-    # wall-clock gap between engines on one side. One call per configuration per round, after the throughput rounds.
-    if a.step_time_rounds:
-        steps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
-        for _ in range(a.step_time_rounds):
-            for name in names:
-                if a.prewarm_prompts:
-                    prewarm[name]()
-                (secs, _), per_worker = between(engine_rpc(name), "step_time", lambda name=name: timed(runs[name]))
-                worker = per_worker[0]  # rank 0 (the driver worker) paces every step
-                steps[name].append({**worker, "call_ms": 1000 * secs, "driver_ms": 1000 * secs - worker["span_ms"]})
+    # wall-clock gap between engines on one side. One call per configuration per round, after the throughput rounds
+    # (plus every timed call with --step-time-in-rounds).
+    for _ in range(a.step_time_rounds):
+        for name in names:
+            if a.prewarm_prompts:
+                prewarm[name]()
+            step_timed(name)
+    if any(steps.values()):
         fields = (
             "call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps",
-            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs",
+            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs", "steer_update_ms",
         )
         result["worker_step_time"] = {
-            name: {**{f: statistics.median(x[f] for x in xs) for f in fields}, "samples": xs} for name, xs in steps.items()
+            name: {**{f: statistics.median(x[f] for x in xs) for f in fields if f in xs[0]}, "samples": xs} for name, xs in steps.items()
         }
-        print("\nhost time per call (median): in the worker / outside it (engine core) / driver-only, ms")
+        print("\nhost time per call (median): in the worker (sidesteer's index update) / outside it (engine core) / driver-only, ms")
         for name, x in result["worker_step_time"].items():
+            update = f" [{x['steer_update_ms']:.1f}]" if "steer_update_ms" in x else ""
             print(
-                f"{name:32s} call {x['call_ms']:8.1f}  worker {x['in_worker_ms']:8.1f} ({x['in_worker_ms_per_step']:.2f}/step)  "
+                f"{name:32s} call {x['call_ms']:8.1f}  worker {x['in_worker_ms']:8.1f}{update} ({x['in_worker_ms_per_step']:.2f}/step)  "
                 f"outside {x['outside_ms']:8.1f} ({x['outside_ms_per_step']:.2f}/step)  driver {x['driver_ms']:7.1f}  steps {x['steps']:.0f}  "
                 f"tokens {x['scheduled_tokens']:.0f}  batch mean {x['mean_batch_reqs']:.0f} max {x['max_batch_reqs']:.0f}"
             )

@@ -6,6 +6,7 @@
 #   scripts/gpu_bench.sh 0.6b OUT_DIR [extra args]     # Qwen3-0.6B arch: wall clock, all configurations, A/A control
 #   scripts/gpu_bench.sh 0.6b-kt OUT_DIR [extra args]  # Qwen3-0.6B arch: GPU kernel time + device timeline + transformers (~6 min)
 #   scripts/gpu_bench.sh 0.6b-hp OUT_DIR [extra args]  # Qwen3-0.6B arch: cProfile of the engine core per configuration (~5 min)
+#   scripts/gpu_bench.sh 0.6b-split OUT_DIR [extra args] # Qwen3-0.6B arch: steered vs unsteered requests on one engine, host time of every call split (~9 min)
 #   scripts/gpu_bench.sh 8b OUT_DIR [extra args]       # Qwen3-8B arch: wall clock, two engines (no room for an A/A)
 #   scripts/gpu_bench.sh tp2 OUT_DIR [extra args]      # Qwen3-0.6B arch at tensor parallel 2 (two GPUs)
 #   scripts/gpu_bench.sh parity OUT_DIR [extra args]   # fp32 token parity + capture (add --tensor-parallel-size 2)
@@ -15,8 +16,8 @@
 # The tokenizer comes from $TOKENIZER (default .gpu-bundle/tok). Each benchmark writes OUT_DIR/NAME.json after
 # every round, so a run stopped by a time limit still leaves its finished rounds.
 set -euo pipefail
-cmd=${1:?usage: gpu_bench.sh install|0.6b|0.6b-kt|0.6b-hp|8b|tp2|parity DIR [args]}
-dir=${2:?usage: gpu_bench.sh install|0.6b|0.6b-kt|0.6b-hp|8b|tp2|parity DIR [args]}
+cmd=${1:?usage: gpu_bench.sh install|0.6b|0.6b-kt|0.6b-hp|0.6b-split|8b|tp2|parity DIR [args]}
+dir=${2:?usage: gpu_bench.sh install|0.6b|0.6b-kt|0.6b-hp|0.6b-split|8b|tp2|parity DIR [args]}
 shift 2
 if [ "$cmd" = install ]; then
     (cd "$dir" && if ls vllm-*.whl.part.00 >/dev/null 2>&1; then
@@ -40,6 +41,9 @@ case "$cmd" in
     0.6b-hp) python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --gpu-memory-utilization 0.4 --rounds 1 --kernel-time-rounds 0 \
                  --step-time-rounds 0 --host-profile-rounds 1 --latency-rounds 0 --hf-prompts 0 --warmup-prompts 128 \
                  --json "$dir/qwen3-0.6b-hp.json" "$@" ;;
+    0.6b-split) python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --gpu-memory-utilization 0.4 --rounds 18 --kernel-time-rounds 0 \
+                 --only idle,idle_llm_generate,one_layer,one_layer_llm_generate,every_layer_add_cap_ablate --step-time-in-rounds \
+                 --step-time-rounds 0 --latency-rounds 0 --hf-prompts 0 --warmup-prompts 256 --json "$dir/qwen3-0.6b-split.json" "$@" ;;
     8b)      python3 scripts/benchmark.py --model random:qwen3-8b "${common[@]}" --gpu-memory-utilization 0.42 --rounds 4 --kernel-time-rounds 0 \
                  --latency-rounds 10 --hf-prompts 0 --warmup-prompts 64 --json "$dir/qwen3-8b.json" "$@" ;;
     tp2)     python3 scripts/benchmark.py --model random:qwen3-0.6b "${common[@]}" --aa-control --gpu-memory-utilization 0.28 \

@@ -118,6 +118,31 @@ def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
     assert "execute_model" not in w.__dict__ and "sample_tokens" not in w.__dict__  # the class methods are back
 
 
+def test_step_timer_reports_the_steering_update_time_of_the_timed_steps_only():
+    from types import SimpleNamespace
+
+    from engine.kernel_timer import StepTimerMixin
+
+    class Worker(StepTimerMixin):
+        def __init__(self):
+            self.model_runner = SimpleNamespace(_sidesteer=SimpleNamespace(update_s=1.5, update_calls=40))  # earlier calls
+
+        def execute_model(self, so):
+            self.model_runner._sidesteer.update_s += 0.002  # what WorkerSteering.update adds up per step
+            self.model_runner._sidesteer.update_calls += 1
+            return so.total_num_scheduled_tokens
+
+    w = Worker()
+    w.steer_step_time_begin()
+    for _ in range(3):
+        w.execute_model(SimpleNamespace(total_num_scheduled_tokens=8, num_scheduled_tokens={"a": 8}))
+    out = w.steer_step_time_end()
+    assert out["steer_update_calls"] == 3 == out["steps"] and out["steer_update_ms"] == pytest.approx(6.0)
+    w.model_runner = SimpleNamespace()  # a plain engine: no steering state, no field
+    w.steer_step_time_begin()
+    assert "steer_update_ms" not in w.steer_step_time_end()
+
+
 def test_summarize_timeline_unions_kernels_and_splits_idle_gaps():
     from engine.kernel_timer import summarize_timeline
 

