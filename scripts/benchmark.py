@@ -668,6 +668,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     samples: dict[str, list[float]] = {name: [] for name in runs}
     steps: dict[str, list[dict[str, Any]]] = {name: [] for name in runs}
+
+    def summarize_steps() -> None:
+        """Medians of the step-timed calls so far into ``result`` (saved with every round: a run cut short keeps them)."""
+        fields = (
+            "call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps",
+            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs", "steer_update_ms",
+        )
+        result["worker_step_time"] = {
+            name: {**{f: statistics.median(x[f] for x in xs) for f in fields if f in xs[0]}, "samples": xs} for name, xs in steps.items() if xs
+        }
     names = list(runs)
     for r in range(a.rounds):
         # A fresh random order every round: with a rotated order, each configuration always follows the same one, and
@@ -685,6 +695,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             samples[name].append(n / secs)
         result["samples_tok_s"] = samples
         result["summary"] = summarize(samples)
+        if a.step_time_in_rounds:
+            summarize_steps()
         save()
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k}={samples[k][-1]:.0f}" for k in names), flush=True)
 
@@ -697,13 +709,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 prewarm[name]()
             step_timed(name)
     if any(steps.values()):
-        fields = (
-            "call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps",
-            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs", "steer_update_ms",
-        )
-        result["worker_step_time"] = {
-            name: {**{f: statistics.median(x[f] for x in xs) for f in fields if f in xs[0]}, "samples": xs} for name, xs in steps.items()
-        }
+        summarize_steps()
         print("\nhost time per call (median): in the worker (sidesteer's index update) / outside it (engine core) / driver-only, ms")
         for name, x in result["worker_step_time"].items():
             update = f" [{x['steer_update_ms']:.1f}]" if "steer_update_ms" in x else ""
