@@ -298,24 +298,11 @@ def steered_llm_generate(steer: Any, spec: SteeringSpec, prompts: list[list[int]
     from engine.vllm_backend import cache_salt
     from engine.vllm_worker import SLOT_ARG
 
-    spec = steer.validate_spec(spec)
-    key = spec.fingerprint()
-
-    def run() -> list[Any]:
-        got = steer.slots.acquire(key)  # held for the call, as the driver holds it while its requests run
-        if got is None:
-            raise RuntimeError("every steering slot is busy")
-        slot, upload = got
-        try:
-            if upload:
-                steer._write_slots({slot: (key, spec)})
-            for p in params:
-                p.extra_args = {SLOT_ARG: slot}
-            return plain_outputs(steer.llm, prompts, params, cache_salt(key))
-        finally:
-            steer.slots.release(slot)
-
-    return steer._call(run)
+    slot = steer.upload(spec)  # validated and loaded by the driver's own path (a no-op when already loaded)
+    for p in params:
+        p.extra_args = {SLOT_ARG: slot}
+    # On the loop thread: nothing is admitted meanwhile, so no other spec can take the slot during the call.
+    return steer._call(lambda: plain_outputs(steer.llm, prompts, params, cache_salt(spec.fingerprint())))
 
 
 def plain_stream_latency(llm: Any, prompts: list[list[int]], output_len: int) -> tuple[float, float]:
@@ -551,6 +538,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = rng.integers(100, vocab - 1, size=(a.prompts, a.input_len)).tolist()
     gen = GenerationConfig(max_new_tokens=a.output_len, ignore_eos=True)
     confs = configurations(num_layers, hidden, a.prompts)
+    one_layer = confs["one_layer"][0]  # one_layer_llm_generate's spec, taken before --only may drop one_layer
     keep = set(a.only.split(",")) if a.only else None
     if a.no_hooks:
         keep = {"idle", DRIVER_DIAG} & (keep or {"idle", DRIVER_DIAG})
@@ -561,7 +549,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # (hooks, slot index, worker wrappers); against `idle` it isolates sidesteer's driver.
     driver_diag = keep is None or DRIVER_DIAG in keep
     driver_diag_steered = not a.no_hooks and (keep is None or DRIVER_DIAG_STEERED in keep)
-    one_layer = spec_one_layer(num_layers, hidden)  # == configurations()'s one_layer spec (same fingerprint, same slot)
 
     plains = {"unsteered": plain} if plain_b is None else {"unsteered": plain, "unsteered_aa_control": plain_b}
     # After every engine started (their processes exist), before any timed work.
