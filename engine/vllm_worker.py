@@ -4,8 +4,8 @@ vLLM imports this module in ``init_worker`` (it is named by ``worker_extension_c
 Importing it wraps the model runners' ``load_model`` (V1 runner, CPU runner, Model Runner V2) so that, right after
 the weights load and *before the first forward* (vLLM compiles once and then drops Dynamo guards, so a hook added
 later silently does nothing), every steerable decoder layer gets a forward hook and persistent slot tables. It also
-wraps the runners' input preparation to fill a per-token slot index from each request's
-``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits vLLM's files; the wrappers
+wraps the runners' ``execute_model`` (request bookkeeping, every step) and input preparation to fill a per-token slot
+index from each request's ``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits vLLM's files; the wrappers
 live only in processes that asked for this extension.
 
 The hook is branch-free tensor math (``engine.steering_ops.steer_rows``) over buffers that the driver only updates
@@ -119,6 +119,10 @@ class WorkerSteering:
         self.req_capture: dict[str, int] = {}
         self._last_ids: list[str] = []  # request order of the last steered step and its slots (decode steps repeat it)
         self._last_slots = np.zeros(0, dtype=np.int64)
+        self._last_counts: np.ndarray | None = None  # tokens per request of the index on the device (None: unknown)
+        self._admitted: Any = None  # the scheduler output admit() last handled, and what it found
+        self._first_here: set[str] = set()
+        self._new_here = False
         self.tables: dict[int, SlotTables] = {}
         self.sinks: dict[int, torch.Tensor] = {}
         self.handles = []
@@ -158,20 +162,17 @@ class WorkerSteering:
         return hook
 
     # -- per step --------------------------------------------------------------------------------------------
-    def update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
-        """Fill the per-token slot index for one forward (request order = the runner's token order).
+    def admit(self, scheduler_output: Any) -> None:
+        """Learn the slots of newly scheduled requests and forget finished ones, for every step the runner gets.
 
-        Idempotent for one scheduler output: calling it twice for the same step gives the same index. Its host time
-        adds up in ``update_s`` / ``update_calls`` (the step timer reports them: sidesteer's own per-step cost).
+        The runners' ``execute_model`` calls this first, *before* the early return of a step that schedules no
+        tokens: vLLM announces the requests that finished last in such an empty step, so bookkeeping that ran only
+        in the input preparation kept them as live steered requests forever (every later step then took the steered
+        path, and the table grew by one entry per request). Idempotent for one scheduler output.
         """
+        if self._admitted is scheduler_output:
+            return
         start = time.perf_counter()
-        try:
-            self._update(scheduler_output, req_ids, num_scheduled)
-        finally:
-            self.update_s += time.perf_counter() - start
-            self.update_calls += 1
-
-    def _update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
         first_here: set[str] = set()  # capture requests whose position-0 token is in this step
         new_reqs = getattr(scheduler_output, "scheduled_new_reqs", ()) or ()
         for new in new_reqs:
@@ -186,6 +187,25 @@ class WorkerSteering:
         for rid in getattr(scheduler_output, "finished_req_ids", ()) or ():
             self.n_steered -= self.req_slots.pop(rid, 0) != 0
             self.req_capture.pop(rid, None)
+        self._admitted, self._first_here, self._new_here = scheduler_output, first_here, bool(new_reqs)
+        self.update_s += time.perf_counter() - start
+
+    def update(self, scheduler_output: Any, req_ids: list[str], num_scheduled: np.ndarray) -> None:
+        """Fill the per-token slot index for one forward (request order = the runner's token order).
+
+        Idempotent for one scheduler output: calling it twice for the same step gives the same index. Its host time
+        (with ``admit``'s) adds up in ``update_s`` / ``update_calls`` (the step timer reports them: sidesteer's own
+        per-step cost).
+        """
+        self.admit(scheduler_output)
+        start = time.perf_counter()
+        try:
+            self._update(req_ids, num_scheduled)
+        finally:
+            self.update_s += time.perf_counter() - start
+            self.update_calls += 1
+
+    def _update(self, req_ids: list[str], num_scheduled: np.ndarray) -> None:
         session = _ACTIVE_CAPTURE
         if self.n_steered == 0 and session is None:
             # Nothing steered anywhere: the index must be all zeros, and it already is unless a steered step ran
@@ -194,14 +214,17 @@ class WorkerSteering:
                 self._host[:] = 0
                 self._upload()
                 self._index_dirty = False
+            self._last_ids, self._last_counts = [], None
             return
         counts = np.asarray(num_scheduled[: len(req_ids)], dtype=np.int64)
-        total = int(counts.sum())
-        if not new_reqs and req_ids == self._last_ids:
+        if not self._new_here and req_ids == self._last_ids:
             slots = self._last_slots  # same requests in the same order, none (re)announced: same slots
+            if session is None and self._last_counts is not None and np.array_equal(counts, self._last_counts):
+                return  # steady decode: the device already holds exactly this index (updated in place only)
         else:
             slots = np.fromiter((self.req_slots.get(r, 0) for r in req_ids), dtype=np.int64, count=len(req_ids))
             self._last_ids, self._last_slots = list(req_ids), slots
+        total = int(counts.sum())
         host = self._host
         host[:total] = np.repeat(slots, counts)
         host[total:] = 0
@@ -210,10 +233,11 @@ class WorkerSteering:
             token_ids = np.repeat(cids, counts)
             starts = np.cumsum(counts) - counts
             for i, rid in enumerate(req_ids):
-                if rid in first_here and counts[i] > 0:
+                if rid in self._first_here and counts[i] > 0:
                     token_ids[starts[i]] = -1  # position 0 of the prompt
             session.token_ids = token_ids
         self._upload()
+        self._last_counts = counts.copy()
         self._index_dirty = bool(slots.any())
 
     def _upload(self) -> None:
@@ -252,6 +276,23 @@ def _wrap_load_model(cls: type) -> None:
 
     load_model._sidesteer_wrapped = True  # type: ignore[attr-defined]
     cls.load_model = load_model
+
+
+def _wrap_execute_model(cls: type) -> None:
+    """Request bookkeeping on every step, including those that schedule no tokens (they carry finished requests)."""
+    original = cls.__dict__.get("execute_model")
+    if original is None or getattr(original, "_sidesteer_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def execute_model(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+        state = getattr(self, "_sidesteer", None)
+        if state is not None:
+            state.admit(scheduler_output)
+        return original(self, scheduler_output, *args, **kwargs)
+
+    execute_model._sidesteer_wrapped = True  # type: ignore[attr-defined]
+    cls.execute_model = execute_model
 
 
 def _wrap_v1_prepare(cls: type) -> None:
@@ -295,6 +336,7 @@ def patch_runners() -> list[str]:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1Runner
 
         _wrap_load_model(V1Runner)
+        _wrap_execute_model(V1Runner)
         _wrap_v1_prepare(V1Runner)
         done.append("v1")
     except ImportError:
@@ -310,6 +352,7 @@ def patch_runners() -> list[str]:
         from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
 
         _wrap_load_model(V2Runner)
+        _wrap_execute_model(V2Runner)
         _wrap_mrv2_prepare(V2Runner)
         done.append("mrv2")
     except Exception:  # MRV2 needs CUDA-only imports on some builds
@@ -402,6 +445,8 @@ class SteeringWorkerExtension(KernelTimerExtension):
             "device": str(state.device),
             "ops": sorted(state.ops),
             "graph_max_tokens": _graph_max_tokens(self.model_runner),  # type: ignore[attr-defined]
+            "requests_tracked": len(state.req_slots),  # live requests this worker knows the slot of
+            "requests_steered": state.n_steered,  # of which steered (0: steps take the unsteered fast path)
         }
 
     def steer_write_slot(self, slot: int, layers: dict[Any, dict[str, Any]]) -> bool:

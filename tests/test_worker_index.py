@@ -196,3 +196,64 @@ def test_repeated_and_reordered_batches_give_the_right_index():
     assert index[:4].tolist() == [3, 1, 0, 0]
     index = _step(state, finished=["a"], batch=[("c", 2), ("b", 1), ("d", 3)])
     assert index[:7].tolist() == [3, 3, 0, 2, 2, 2, 0]
+
+
+def test_steady_decode_steps_skip_the_upload_and_changes_upload_again():
+    """Same requests, same order, same token counts: the device already holds the index, so nothing is copied."""
+    state = _state()
+    _step(state, new=[_new("a", 1), _new("b", 0)], batch=[("a", 3), ("b", 2)])
+    index = _step(state, batch=[("a", 1), ("b", 1)])
+    uploads = state.uploads
+    for _ in range(3):
+        index = _step(state, batch=[("a", 1), ("b", 1)])
+    assert state.uploads == uploads and index[:3].tolist() == [1, 0, 0]
+    index = _step(state, batch=[("a", 2), ("b", 1)])  # a chunk of a different size: a different index
+    assert state.uploads == uploads + 1 and index[:4].tolist() == [1, 1, 0, 0]
+    index = _step(state, batch=[("b", 1), ("a", 1)])  # reordered
+    assert state.uploads == uploads + 2 and index[:3].tolist() == [0, 1, 0]
+    # the index went back to zeros while nothing was steered; the same batch steered again must upload again
+    _step(state, new=[_new("a", 0)], batch=[("b", 1), ("a", 1)])
+    assert state.n_steered == 0 and not state.slot_index.any()
+    index = _step(state, new=[_new("a", 1)], batch=[("b", 1), ("a", 1)])
+    assert index[:3].tolist() == [0, 1, 0]
+    uploads = state.uploads
+    index = _step(state, batch=[("b", 1), ("a", 1)])
+    assert state.uploads == uploads and index[:3].tolist() == [0, 1, 0]
+
+
+def test_requests_finished_in_a_step_without_tokens_are_forgotten():
+    """vLLM announces the last finished requests in a step that schedules no tokens; the runners return before
+    preparing inputs there, so the bookkeeping must run from execute_model (it once leaked every such request as a
+    live steered one, and every later unsteered step took the steered path)."""
+    from engine.vllm_worker import _wrap_execute_model
+
+    class Runner:
+        def __init__(self, state: WorkerSteering) -> None:
+            self._sidesteer = state
+            self.prepared = 0
+
+        def execute_model(self, scheduler_output, intermediate_tensors=None):
+            if not scheduler_output.total_num_scheduled_tokens:
+                return "empty"  # what vLLM's runners do: no input preparation for an empty step
+            self.prepared += 1
+            batch = scheduler_output.num_scheduled_tokens
+            self._sidesteer.update(scheduler_output, list(batch), np.array(list(batch.values()), dtype=np.int64))
+            return "ran"
+
+    _wrap_execute_model(Runner)
+    _wrap_execute_model(Runner)  # idempotent: wrapped once
+    assert Runner.execute_model._sidesteer_wrapped and Runner.execute_model.__wrapped__.__name__ == "execute_model"
+    state = _state()
+    runner = Runner(state)
+
+    def out(new=(), finished=(), batch=None):
+        batch = batch or {}
+        return SimpleNamespace(scheduled_new_reqs=list(new), finished_req_ids=set(finished), num_scheduled_tokens=batch, total_num_scheduled_tokens=sum(batch.values()))
+
+    assert runner.execute_model(out(new=[_new("s", 2), _new("u", 0)], batch={"s": 3, "u": 2})) == "ran"
+    assert state.n_steered == 1 and state.slot_index[:5].tolist() == [2, 2, 2, 0, 0]
+    calls = state.update_calls
+    assert runner.execute_model(out(finished=["s", "u"])) == "empty"
+    assert state.n_steered == 0 and state.req_slots == {} and state.update_calls == calls
+    runner.execute_model(out(new=[_new("v", 0)], batch={"v": 4}))  # unsteered traffic: fast path, index cleared once
+    assert not state.slot_index.any() and state.n_steered == 0 and state.req_slots == {"v": 0}
