@@ -14,6 +14,7 @@ import itertools
 import os
 import queue
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
@@ -612,6 +613,18 @@ class VLLMSteerModel(SteerableModel):
         if slot is None:
             return None
         return self._call(lambda: self.engine.collective_rpc("steer_read_slot", args=(slot,)))[0]
+
+    def worker_requests(self, settle_s: float = 30.0) -> list[tuple[int, int]]:
+        """``(tracked, steered)`` live requests in each worker's slot bookkeeping, once it settles to all zeros or
+        ``settle_s`` passes: after a call every request must be forgotten, yet vLLM announces the last finished ones
+        in a step that may run a moment after the outputs arrive."""
+        deadline = time.monotonic() + settle_s
+        while True:
+            infos = self._call(lambda: self.engine.collective_rpc("steer_info"))
+            counts = [(int(i["requests_tracked"]), int(i["requests_steered"])) for i in infos]
+            if not any(t or s for t, s in counts) or time.monotonic() >= deadline:
+                return counts
+            time.sleep(0.1)
 
     def upload(self, spec: SteeringSpec) -> int:
         """Load ``spec`` into a slot now (normally done lazily on first use). Returns the slot."""

@@ -106,6 +106,10 @@ def main() -> int:
     print("mixed batch equals alone", same, flush=True)
     report["mixed_batch"] = all(same)
     ok &= all(same)
+    requests = vm.worker_requests()  # every finished request forgotten by every worker (steered or not)
+    print("worker requests after the runs (tracked, steered)", requests, flush=True)
+    report["worker_requests_after"] = requests
+    ok &= not any(t or s for t, s in requests)
     try:
         mv = vm.mean_activations(prompts, [1, n - 1])
         mh = hf.mean_activations(prompts, [1, n - 1])
