@@ -322,7 +322,7 @@ def _wrap_mrv2_prepare(cls: type) -> None:
         batch = original(self, scheduler_output, *args, **kwargs)
         state = getattr(self, "_sidesteer", None)
         if state is not None:
-            state.update(scheduler_output, list(batch.req_ids), np.asarray(batch.num_scheduled_tokens))
+            state.update(scheduler_output, batch.req_ids, batch.num_scheduled_tokens)  # copied only where kept
         return batch
 
     prepare_inputs._sidesteer_wrapped = True  # type: ignore[attr-defined]
