@@ -5,8 +5,8 @@ Importing it wraps the model runners' ``load_model`` (V1 runner, CPU runner, Mod
 the weights load and *before the first forward* (vLLM compiles once and then drops Dynamo guards, so a hook added
 later silently does nothing), every steerable decoder layer gets a forward hook and persistent slot tables. It also
 wraps the runners' ``execute_model`` (request bookkeeping, every step) and input preparation to fill a per-token slot
-index from each request's ``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits vLLM's files; the wrappers
-live only in processes that asked for this extension.
+index from each request's ``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits
+vLLM's files; the wrappers live only in processes that asked for this extension.
 
 The hook is branch-free tensor math (``engine.steering_ops.steer_rows``) over buffers that the driver only updates
 in place, so compiled graphs and CUDA-graph replay see every change.
