@@ -200,7 +200,8 @@ class StepTimerMixin:
 
 
 def _update_counters(worker: Any) -> tuple[float, int] | None:
-    """``(seconds, calls)`` spent in the steering state's per-step ``update`` so far; None without steering."""
+    """``(seconds, calls)`` spent in the steering state's per-step ``admit`` + ``update`` so far (calls: updates, one
+    per step that runs the model); None without steering."""
     state = getattr(getattr(worker, "model_runner", None), "_sidesteer", None)
     return None if state is None else (state.update_s, state.update_calls)
 

@@ -263,70 +263,69 @@ def _install(runner: Any) -> None:
         runner._sidesteer = WorkerSteering(runner, cfg)
 
 
-def _wrap_load_model(cls: type) -> None:
-    original = cls.__dict__.get("load_model")
+def _wrap(cls: type, name: str, make: Any) -> None:
+    """Replace ``cls.<name>`` (defined on ``cls`` itself) by ``make(original)``, once: a second call is a no-op."""
+    original = cls.__dict__.get(name)
     if original is None or getattr(original, "_sidesteer_wrapped", False):
         return
+    wrapper = functools.wraps(original)(make(original))
+    wrapper._sidesteer_wrapped = True
+    setattr(cls, name, wrapper)
 
-    @functools.wraps(original)
-    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(self, *args, **kwargs)
-        _install(self)  # hooks exist before the first forward (profiling / compile / warm-up)
-        return result
 
-    load_model._sidesteer_wrapped = True  # type: ignore[attr-defined]
-    cls.load_model = load_model
+def _wrap_load_model(cls: type) -> None:
+    def make(original: Any) -> Any:
+        def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            _install(self)  # hooks exist before the first forward (profiling / compile / warm-up)
+            return result
+
+        return load_model
+
+    _wrap(cls, "load_model", make)
 
 
 def _wrap_execute_model(cls: type) -> None:
     """Request bookkeeping on every step, including those that schedule no tokens (they carry finished requests)."""
-    original = cls.__dict__.get("execute_model")
-    if original is None or getattr(original, "_sidesteer_wrapped", False):
-        return
 
-    @functools.wraps(original)
-    def execute_model(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-        state = getattr(self, "_sidesteer", None)
-        if state is not None:
-            state.admit(scheduler_output)
-        return original(self, scheduler_output, *args, **kwargs)
+    def make(original: Any) -> Any:
+        def execute_model(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+            state = getattr(self, "_sidesteer", None)
+            if state is not None:
+                state.admit(scheduler_output)
+            return original(self, scheduler_output, *args, **kwargs)
 
-    execute_model._sidesteer_wrapped = True  # type: ignore[attr-defined]
-    cls.execute_model = execute_model
+        return execute_model
+
+    _wrap(cls, "execute_model", make)
 
 
 def _wrap_v1_prepare(cls: type) -> None:
-    original = cls.__dict__.get("_prepare_inputs")
-    if original is None or getattr(original, "_sidesteer_wrapped", False):
-        return
+    def make(original: Any) -> Any:
+        def _prepare_inputs(self: Any, scheduler_output: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> Any:
+            state = getattr(self, "_sidesteer", None)
+            if state is not None:
+                batch = self.input_batch
+                state.update(scheduler_output, list(batch.req_ids[: batch.num_reqs]), num_scheduled_tokens)
+            return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
 
-    @functools.wraps(original)
-    def _prepare_inputs(self: Any, scheduler_output: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> Any:
-        state = getattr(self, "_sidesteer", None)
-        if state is not None:
-            batch = self.input_batch
-            state.update(scheduler_output, list(batch.req_ids[: batch.num_reqs]), num_scheduled_tokens)
-        return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
+        return _prepare_inputs
 
-    _prepare_inputs._sidesteer_wrapped = True  # type: ignore[attr-defined]
-    cls._prepare_inputs = _prepare_inputs
+    _wrap(cls, "_prepare_inputs", make)
 
 
 def _wrap_mrv2_prepare(cls: type) -> None:
-    original = cls.__dict__.get("prepare_inputs")
-    if original is None or getattr(original, "_sidesteer_wrapped", False):
-        return
+    def make(original: Any) -> Any:
+        def prepare_inputs(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
+            batch = original(self, scheduler_output, *args, **kwargs)
+            state = getattr(self, "_sidesteer", None)
+            if state is not None:
+                state.update(scheduler_output, batch.req_ids, batch.num_scheduled_tokens)  # copied only where kept
+            return batch
 
-    @functools.wraps(original)
-    def prepare_inputs(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-        batch = original(self, scheduler_output, *args, **kwargs)
-        state = getattr(self, "_sidesteer", None)
-        if state is not None:
-            state.update(scheduler_output, batch.req_ids, batch.num_scheduled_tokens)  # copied only where kept
-        return batch
+        return prepare_inputs
 
-    prepare_inputs._sidesteer_wrapped = True  # type: ignore[attr-defined]
-    cls.prepare_inputs = prepare_inputs
+    _wrap(cls, "prepare_inputs", make)
 
 
 def patch_runners() -> list[str]:

@@ -230,19 +230,19 @@ def test_requests_finished_in_a_step_without_tokens_are_forgotten():
     class Runner:
         def __init__(self, state: WorkerSteering) -> None:
             self._sidesteer = state
-            self.prepared = 0
 
         def execute_model(self, scheduler_output, intermediate_tensors=None):
             if not scheduler_output.total_num_scheduled_tokens:
                 return "empty"  # what vLLM's runners do: no input preparation for an empty step
-            self.prepared += 1
             batch = scheduler_output.num_scheduled_tokens
             self._sidesteer.update(scheduler_output, list(batch), np.array(list(batch.values()), dtype=np.int64))
             return "ran"
 
     _wrap_execute_model(Runner)
     _wrap_execute_model(Runner)  # idempotent: wrapped once
-    assert Runner.execute_model._sidesteer_wrapped and Runner.execute_model.__wrapped__.__name__ == "execute_model"
+    wrapped = Runner.execute_model
+    assert wrapped._sidesteer_wrapped and wrapped.__name__ == "execute_model"
+    assert not getattr(wrapped.__wrapped__, "_sidesteer_wrapped", False)  # wraps the original, not a wrapper
     state = _state()
     runner = Runner(state)
 
