@@ -1,8 +1,13 @@
-"""The vector registry: round-trips, filters, bad names, corrupt and foreign files, atomic writes."""
+"""The vector registry: round-trips, filters, bad names, corrupt and foreign files, atomic writes.
+
+Hardening (name and text limits, exclusive creates under races, corrupt-file reports, layered shipped folders) is
+tested in ``test_registry_hardening.py``.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -91,12 +96,14 @@ def test_bad_vectors_rejected(registry: VectorRegistry, bad: object) -> None:
     assert registry.names() == []
 
 
-def test_corrupt_file_skipped_by_list_and_rejected_by_get(registry: VectorRegistry) -> None:
+def test_corrupt_file_skipped_by_list_and_rejected_by_get(registry: VectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
     registry.add("good", torch.ones(4))
     (registry.root / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    with pytest.warns(UserWarning, match="broken.safetensors"):
+    with caplog.at_level(logging.WARNING, logger="vectors.registry"):
         entries = registry.list()
     assert [e.name for e in entries] == ["good"]
+    assert [r.getMessage() for r in caplog.records if "broken.safetensors" in r.getMessage()] != []
+    assert [name for name, _ in registry.problems()] == ["broken.safetensors"]
     with pytest.raises(SteeringError, match="broken"):
         registry.get("broken")
 
@@ -115,10 +122,10 @@ def test_pickle_renamed_to_safetensors_rejected(registry: VectorRegistry) -> Non
     torch.save({"vector": torch.ones(4)}, registry.root / "evil.safetensors")  # never torch.load it
     with pytest.raises(SteeringError, match="not a valid safetensors file|safetensors"):
         registry.get("evil")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported through logging and problems(), never as a warning
         assert registry.list() == []
-    assert any("evil.safetensors" in str(w.message) for w in caught)
+    assert [name for name, _ in registry.problems()] == ["evil.safetensors"]
 
 
 def test_plain_safetensors_without_header_rejected(registry: VectorRegistry) -> None:

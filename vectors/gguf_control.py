@@ -5,6 +5,12 @@ uint32 ``controlvector.layer_count`` and one float32 tensor ``direction.N`` of `
 ``N`` is 1-based and means the output of block ``N - 1`` (see :mod:`vectors.convention`), so sidesteer layer 4 is
 ``direction.5``. A control vector only *adds* to the residual stream: projection caps and ablations have no place
 in it, and a direction's scale is baked into the tensor.
+
+Import never trusts the file: it is parsed by the bounded reader of :mod:`vectors.gguf_reader` (not by
+``gguf.GGUFReader``, which loops over whatever counts a header declares), and only canonical ``direction.N`` tensors
+(ASCII digits, no leading zeros, ``N`` up to :data:`~vectors.limits.MAX_LAYERS`) of float32 and shape ``[hidden]``
+are accepted, their values within the limits of :mod:`vectors.limits`. Export uses the ``gguf`` package's writer, as
+repeng and llama.cpp do, and round-trips bit-exactly.
 """
 
 from __future__ import annotations
@@ -18,14 +24,17 @@ import numpy as np
 import torch
 
 from vectors.convention import layer_to_llamacpp, llamacpp_to_layer
-from vectors.errors import SteeringError
+from vectors.errors import SteeringError, show
+from vectors.gguf_reader import GGML_F32, GGUFTensorInfo, ggml_type_name, parse_gguf
+from vectors.limits import MAX_HIDDEN_SIZE, MAX_LAYERS
 from vectors.safetensors_io import MAX_FILE_BYTES, atomic_write_bytes, read_limited
-from vectors.spec import LayerSteeringSpec, SpecMetadata, SteeringSpec, as_vector
+from vectors.spec import LayerSteeringSpec, SpecMetadata, SteeringSpec
 
 ARCHITECTURE = "controlvector"
 MODEL_HINT_KEY = f"{ARCHITECTURE}.model_hint"
 LAYER_COUNT_KEY = f"{ARCHITECTURE}.layer_count"
-TENSOR_PATTERN = re.compile(r"^direction\.(\d+)$")
+# ASCII digits, no leading zeros: "direction.05" or "direction.٥" would alias "direction.5".
+TENSOR_PATTERN = re.compile(r"direction\.([1-9][0-9]*|0)")
 
 
 def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | None = None) -> bytes:
@@ -48,6 +57,7 @@ def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | No
 
     if not isinstance(spec, SteeringSpec):
         raise SteeringError(f"spec: expected a SteeringSpec, got {type(spec).__name__}")
+    spec.validate()  # fields may have changed since the spec was built
     directions: dict[int, np.ndarray] = {}
     for index, layer in spec.layers.items():
         if layer.projection_cap is not None or layer.ablation is not None:
@@ -101,77 +111,72 @@ def import_gguf_control_vector(path: str | Path, *, model_id: str | None = None)
         model_id: Recorded as the spec's ``model_id`` (the file's ``model_hint`` goes into the description).
 
     Returns:
-        The spec (never unpickles; tensors are checked before use).
+        The spec (never unpickles; the file is parsed by the bounded reader of :mod:`vectors.gguf_reader`).
 
     Raises:
-        SteeringError: Missing/oversized file, not a control vector, or bad tensors (dtype, shape, NaN/Inf, naming).
+        SteeringError: Missing/oversized file, not a control vector, or bad tensors (dtype, shape, NaN/Inf, naming,
+            magnitudes beyond :mod:`vectors.limits`).
     """
     what = "control vector"
-    read_limited(path, what)  # existence and size check before the GGUF reader maps the file
-    return _read_gguf(Path(path), what, model_id)
+    return _read_gguf(read_limited(path, what), f"{Path(path).name!r}", what, model_id)
 
 
 def import_gguf_control_vector_bytes(data: bytes, *, model_id: str | None = None) -> SteeringSpec:
     """:func:`import_gguf_control_vector` on uploaded bytes."""
     what = "control vector"
-    if not isinstance(data, (bytes, bytearray)):
+    if not isinstance(data, bytes | bytearray):
         raise SteeringError(f"{what}: expected bytes, got {type(data).__name__}")
     if len(data) > MAX_FILE_BYTES:
         raise SteeringError(f"{what}: {len(data)} bytes is over the {MAX_FILE_BYTES}-byte limit; is it really a control vector?")
-    fd, tmp = tempfile.mkstemp(prefix="sidesteer-cv-", suffix=".gguf")
+    return _read_gguf(bytes(data), "the upload", what, model_id)
+
+
+def _direction(tensor: GGUFTensorInfo, data: bytes, what: str) -> tuple[int, torch.Tensor]:
+    """The sidesteer layer and the float32 ``[hidden]`` vector of one ``direction.N`` tensor."""
+    where = f"{what}: tensor {tensor.name!r}"
+    match = TENSOR_PATTERN.fullmatch(tensor.name)
+    if not match:
+        raise SteeringError(f"{what}: unexpected tensor {tensor.name!r}; control vectors hold only 'direction.N' tensors")
+    if len(match.group(1)) > len(str(MAX_LAYERS)) or not 1 <= int(match.group(1)) <= MAX_LAYERS:
+        raise SteeringError(f"{where}: llama.cpp layer numbers start at 1 and end at {MAX_LAYERS}; the file is malformed")
+    if tensor.ggml_type != GGML_F32:
+        raise SteeringError(f"{where} has type {ggml_type_name(tensor.ggml_type)}, expected F32; re-export it as float32")
+    if len(tensor.shape) != 1:
+        raise SteeringError(f"{where} has shape {tensor.shape}, expected one dimension (hidden_size)")
+    (hidden,) = tensor.shape
+    if hidden > MAX_HIDDEN_SIZE:
+        raise SteeringError(f"{where} has {hidden} floats, beyond the limit hidden_size <= {MAX_HIDDEN_SIZE}; the file is malformed")
+    vector = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=hidden, offset=tensor.start).astype(np.float32))  # [hidden]
+    return llamacpp_to_layer(int(match.group(1))), vector
+
+
+def _read_gguf(data: bytes, name: str, what: str, model_id: str | None) -> SteeringSpec:
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        return _read_gguf(Path(tmp), what, model_id)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _read_gguf(path: Path, what: str, model_id: str | None) -> SteeringSpec:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError/struct errors/IndexError on foreign or truncated files
-        raise SteeringError(f"{what}: {path.name!r} is not a readable GGUF file ({exc}); export it again with llama.cpp or repeng") from exc
+        parsed = parse_gguf(data)
+    except SteeringError as exc:
+        raise SteeringError(f"{what}: {name} is not a readable GGUF file: {exc}; export it again with llama.cpp or repeng") from exc
 
     def string_field(key: str) -> str | None:
-        field = reader.get_field(key)
-        if field is None:
-            return None
-        try:
-            value = field.contents()
-        except Exception as exc:
-            raise SteeringError(f"{what}: metadata {key!r} is unreadable ({exc}); the file is corrupt") from exc
+        value = parsed.metadata.get(key)
         return value if isinstance(value, str) else None
 
     arch = string_field("general.architecture")
     if arch != ARCHITECTURE:
         raise SteeringError(
-            f"{what}: general.architecture is {arch!r}, expected {ARCHITECTURE!r}; this GGUF is a model or another "
+            f"{what}: general.architecture is {show(arch)}, expected {ARCHITECTURE!r}; this GGUF is a model or another "
             "kind of file, not a llama.cpp control vector"
         )
     hint = string_field(MODEL_HINT_KEY) or ""
     layers: dict[int, LayerSteeringSpec] = {}
-    for tensor in reader.tensors:
-        match = TENSOR_PATTERN.match(tensor.name)
-        if not match:
-            raise SteeringError(f"{what}: unexpected tensor {tensor.name!r}; control vectors hold only 'direction.N' tensors")
-        number = int(match.group(1))
-        if number < 1:
-            raise SteeringError(f"{what}: tensor {tensor.name!r}: llama.cpp layer numbers start at 1; the file is malformed")
-        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-            raise SteeringError(f"{what}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, expected F32; re-export it as float32")
-        if len(tensor.shape) != 1:
-            raise SteeringError(f"{what}: tensor {tensor.name!r} has shape {tuple(int(d) for d in tensor.shape)}, expected one dimension (hidden_size)")
-        layer = llamacpp_to_layer(number)
-        if layer in layers:
-            raise SteeringError(f"{what}: tensor {tensor.name!r} appears twice; the file is malformed")
-        vector = torch.from_numpy(np.array(tensor.data, dtype=np.float32, copy=True).reshape(-1))  # [hidden]
-        layers[layer] = LayerSteeringSpec(vector=as_vector(vector, f"{what}.{tensor.name}"), scale=1.0)
+    for tensor in parsed.tensors:
+        layer, vector = _direction(tensor, data, what)
+        try:
+            layers[layer] = LayerSteeringSpec(vector=vector, scale=1.0)
+        except SteeringError as exc:
+            raise SteeringError(f"{what}: tensor {tensor.name!r} (layers[{layer}]).{exc}") from exc
     if not layers:
         raise SteeringError(f"{what}: the file holds no direction tensors; nothing to steer with")
-    description = f"llama.cpp control vector (model_hint {hint!r})" if hint else "llama.cpp control vector"
+    description = f"llama.cpp control vector (model_hint {show(hint)})" if hint else "llama.cpp control vector"
     try:
         return SteeringSpec(layers, SpecMetadata(model_id=model_id, description=description))
     except SteeringError as exc:

@@ -1,48 +1,81 @@
 """The spec file: one ``.safetensors`` file holding a whole :class:`SteeringSpec`.
 
-Tensors are float32, named ``layers.{L}.vector``, ``layers.{L}.projection_cap.vector`` and
-``layers.{L}.ablation.vector``. The safetensors metadata key ``"sidesteer"`` holds a JSON header::
+Tensors are float32 1-D vectors with canonical names, one per op that has a vector: ``layers.{L}.vector``,
+``layers.{L}.projection_cap.vector`` and ``layers.{L}.ablation.vector``. The safetensors metadata key ``"sidesteer"``
+holds a JSON header::
 
     {"format": "sidesteer.steering_spec", "version": 1, "model_id": ..., "hidden_size": ...,
      "layer_convention": ..., "op_order": [...], "description": ...,
      "layers": {"L": {"vector": name|null, "scale": float,
                       "projection_cap": {"vector": name, "min": float|null, "max": float|null}|null,
                       "ablation": {"vector": name, "scale": float}|null}},
-     "sha256": {tensor name: hex digest of its little-endian float32 bytes}}
+     "sha256": {tensor name: hex digest of its little-endian float32 bytes},
+     "fingerprint": SteeringSpec.fingerprint() of the content}
+
+Reading is strict, because spec files are shared between strangers (an upload in the app is read by a server many
+people use). Everything is checked before a tensor is built (see :mod:`vectors.safetensors_io`): every key of the
+header is known and has the right type, layer keys are canonical decimal integers (``"8"``, not ``"08"``, ``"+8"``
+or ``"٨"``) below :data:`~vectors.limits.MAX_LAYERS`, each field names exactly its canonical tensor, and every
+stored tensor is named by exactly one field (so a file cannot make one tensor count for thousands of layers).
+
+Tamper evidence: the ``sha256`` of every tensor and the ``fingerprint`` are required and checked on every load, and a
+file whose content does not match them is refused (always; there is no opt-out). An edited file is almost always a
+corrupted one, and the few legitimate edits (a new scale, say) are one ``SteeringSpec.save`` away. Metadata
+(``model_id``, ``description``) is not covered by the fingerprint and may be edited freely.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vectors.convention import LAYER_CONVENTION, OP_ORDER
-from vectors.errors import SteeringError
-from vectors.safetensors_io import atomic_write_bytes, decode, encode, read_limited, tensor_sha256
+from vectors.errors import SteeringError, show
+from vectors.limits import MAX_LAYERS
+from vectors.safetensors_io import Container, atomic_write_bytes, encode, read_container, read_limited, tensor_sha256
 from vectors.spec import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringSpec
 
 SPEC_FORMAT = "sidesteer.steering_spec"
 SPEC_VERSION = 1
 METADATA_KEY = "sidesteer"
+WHAT = "spec file"
+
+REQUIRED_KEYS = frozenset({"format", "version", "layers", "sha256", "fingerprint"})
+OPTIONAL_KEYS = frozenset({"model_id", "hidden_size", "description", "layer_convention", "op_order"})
+LAYER_KEYS = frozenset({"vector", "scale", "projection_cap", "ablation"})
+CAP_KEYS = frozenset({"vector", "min", "max"})
+ABLATION_KEYS = frozenset({"vector", "scale"})
+# ASCII digits only ([0-9], not \d, which also matches e.g. Arabic-Indic digits), no sign, no leading zeros.
+LAYER_KEY = re.compile(r"0|[1-9][0-9]*")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def tensor_name(index: int, op: str) -> str:
+    """The canonical tensor name of a layer's op: ``op`` is ``"vector"``, ``"projection_cap"`` or ``"ablation"``."""
+    return f"layers.{index}.vector" if op == "vector" else f"layers.{index}.{op}.vector"
 
 
 def spec_to_bytes(spec: SteeringSpec) -> bytes:
-    """Serialise a spec into spec-file bytes."""
+    """Serialise a spec into spec-file bytes (validated first, so every file written can be read back)."""
+    if not isinstance(spec, SteeringSpec):
+        raise SteeringError(f"spec: expected a SteeringSpec, got {type(spec).__name__}")
+    spec.validate()
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     for index, layer in spec.layers.items():
         entry: dict[str, Any] = {"vector": None, "scale": layer.scale, "projection_cap": None, "ablation": None}
         if layer.vector is not None:
-            entry["vector"] = name = f"layers.{index}.vector"
+            entry["vector"] = name = tensor_name(index, "vector")
             tensors[name] = layer.vector
         if layer.projection_cap is not None:
-            name = f"layers.{index}.projection_cap.vector"
+            name = tensor_name(index, "projection_cap")
             tensors[name] = layer.projection_cap.vector
             entry["projection_cap"] = {"vector": name, "min": layer.projection_cap.min, "max": layer.projection_cap.max}
         if layer.ablation is not None:
-            name = f"layers.{index}.ablation.vector"
+            name = tensor_name(index, "ablation")
             tensors[name] = layer.ablation.vector
             entry["ablation"] = {"vector": name, "scale": layer.ablation.scale}
         layers[str(index)] = entry
@@ -72,63 +105,131 @@ def save_spec(spec: SteeringSpec, path: str | Path) -> Path:
 
 def load_spec(path: str | Path) -> SteeringSpec:
     """Read and validate a spec file."""
-    return spec_from_bytes(read_limited(path, "spec file"))
+    return spec_from_bytes(read_limited(path, WHAT))
 
 
-def _tensor(tensors: dict[str, torch.Tensor], hashes: dict[str, str], name: Any, field_name: str) -> torch.Tensor:
-    if not isinstance(name, str) or name not in tensors:
-        raise SteeringError(f"{field_name}: names tensor {name!r}, which the file does not hold; the file is corrupt")
-    t = tensors[name]
-    if t.dtype != torch.float32:
-        raise SteeringError(f"{field_name}: tensor {name!r} has dtype {t.dtype}; spec files store float32")
-    if name in hashes and hashes[name] != tensor_sha256(t):
-        raise SteeringError(f"{field_name}: sha256 of tensor {name!r} does not match the header; the file is corrupt")
-    return t
+def _check_keys(obj: Any, required: frozenset[str], optional: frozenset[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise SteeringError(f"{where}: expected a JSON object, got {show(obj)}; the file is corrupt")
+    missing = sorted(required - set(obj))
+    if missing:
+        raise SteeringError(f"{where}: the key {missing[0]!r} is missing; the file is corrupt or was not written by sidesteer")
+    for key in obj:
+        if key not in required | optional:
+            raise SteeringError(f"{where}: unknown key {show(key)}; the file was edited or was not written by sidesteer")
+    return obj
+
+
+def _layer_index(key: str) -> int:
+    if re.fullmatch(r"-[0-9]+", key):
+        raise SteeringError(f"layers: key {show(key)} is a negative layer index; use 0-based indices 0..num_layers-1")
+    if not LAYER_KEY.fullmatch(key):
+        raise SteeringError(f"layers: key {show(key)} is not a layer number; keys are plain decimal integers such as '8' (the file is corrupt)")
+    if len(key) > len(str(MAX_LAYERS)) or int(key) >= MAX_LAYERS:
+        raise SteeringError(f"layers: key {show(key)} is beyond the limit layer index < {MAX_LAYERS}; the file is corrupt")
+    return int(key)
+
+
+def _reference(container: Container, name: Any, index: int, op: str, where: str) -> str:
+    """Check that field ``where`` names the tensor it must: stored in the file, and the canonical one."""
+    if not isinstance(name, str) or name not in container.tensors:
+        raise SteeringError(f"{where}: names tensor {show(name)}, which the file does not hold; the file is corrupt")
+    expected = tensor_name(index, op)
+    if name != expected:
+        raise SteeringError(f"{where}: names tensor {show(name)}, but this field's tensor is {expected!r}; the file is corrupt")
+    return name
+
+
+def _parse_layers(raw_layers: Any, container: Container) -> dict[int, dict[str, Any]]:
+    """Check the layer entries' structure and tensor references; returns index -> entry (not yet values)."""
+    if not isinstance(raw_layers, dict):
+        raise SteeringError(f"layers: expected an object of layer index -> ops, got {show(raw_layers)}; the file is corrupt")
+    entries: dict[int, dict[str, Any]] = {}
+    referenced: set[str] = set()
+    for key, raw in raw_layers.items():
+        index = _layer_index(key)
+        where = f"layers[{index}]"
+        entry = _check_keys(raw, LAYER_KEYS, frozenset(), where)
+        if entry["vector"] is not None:
+            referenced.add(_reference(container, entry["vector"], index, "vector", f"{where}.vector"))
+        for op, keys in (("projection_cap", CAP_KEYS), ("ablation", ABLATION_KEYS)):
+            if entry[op] is not None:
+                sub = _check_keys(entry[op], keys, frozenset(), f"{where}.{op}")
+                referenced.add(_reference(container, sub["vector"], index, op, f"{where}.{op}.vector"))
+        entries[index] = entry
+    for name in container.tensors:
+        if name not in referenced:
+            raise SteeringError(f"tensors: the file holds tensor {name[:80]!r}, which no layer names; the file was edited or is corrupt")
+    return entries
+
+
+def _check_hashes(hashes: Any, container: Container) -> None:
+    if not isinstance(hashes, dict):
+        raise SteeringError(f"sha256: expected an object of tensor name -> hex digest, got {show(hashes)}; the file is corrupt")
+    for name, digest in hashes.items():
+        if name not in container.tensors:
+            raise SteeringError(f"sha256: records tensor {name[:80]!r}, which the file does not hold; the file is corrupt")
+        if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):
+            raise SteeringError(f"sha256[{name!r}]: {show(digest)} is not a sha256 hex digest; the file is corrupt")
+    for name in container.tensors:
+        if name not in hashes:
+            raise SteeringError(f"sha256: no hash is recorded for tensor {name!r}; every tensor needs one, re-export the file")
+        if container.sha256(name) != hashes[name]:
+            raise SteeringError(
+                f"sha256[{name!r}]: the tensor's bytes do not match its recorded sha256; the file was edited or corrupted; "
+                "re-export it"
+            )
+
+
+def _build_layer(entry: dict[str, Any], container: Container, index: int) -> LayerSteeringSpec:
+    def tensor(name: str | None) -> torch.Tensor | None:
+        return None if name is None else container.tensor(name)
+
+    cap, abl = entry["projection_cap"], entry["ablation"]
+    try:
+        return LayerSteeringSpec(
+            vector=tensor(entry["vector"]),
+            scale=entry["scale"],
+            projection_cap=None if cap is None else ProjectionCapSpec(tensor(cap["vector"]), cap["min"], cap["max"]),
+            ablation=None if abl is None else AblationSpec(tensor(abl["vector"]), abl["scale"]),
+        )
+    except SteeringError as exc:
+        raise SteeringError(f"layers[{index}].{exc}") from exc
 
 
 def spec_from_bytes(data: bytes) -> SteeringSpec:
     """Parse and validate spec-file bytes.
 
     Raises:
-        SteeringError: Wrong format or version, corrupt or truncated data, bad values (NaN, zero directions, ...).
+        SteeringError: Not a spec file, wrong format or version, a malformed or unknown header field, corrupt or
+            truncated data, a hash or fingerprint that does not match the content, or bad values (NaN, zero
+            directions, magnitudes beyond :mod:`vectors.limits`, ...). The message names the field.
     """
-    header, tensors = decode(data, METADATA_KEY, "spec file")
+    container = read_container(data, WHAT)
+    header = container.metadata_json(METADATA_KEY, WHAT)
     if header.get("format") != SPEC_FORMAT:
-        raise SteeringError(f"format: expected {SPEC_FORMAT!r}, got {header.get('format')!r}; this is not a sidesteer spec file")
+        raise SteeringError(f"format: expected {SPEC_FORMAT!r}, got {show(header.get('format'))}; this is not a sidesteer spec file")
     version = header.get("version")
-    if version != SPEC_VERSION:
-        raise SteeringError(f"version: spec file version {version!r} is not supported (this sidesteer reads {SPEC_VERSION}); upgrade sidesteer or re-export")
-    raw_layers = header.get("layers")
-    if not isinstance(raw_layers, dict):
-        raise SteeringError("layers: the header has no layers object; the file is corrupt")
-    hashes = header.get("sha256") or {}
-    layers: dict[int, LayerSteeringSpec] = {}
-    for key, entry in raw_layers.items():
-        try:
-            index = int(key)
-        except ValueError as exc:
-            raise SteeringError(f"layers: key {key!r} is not a layer number; the file is corrupt") from exc
-        if not isinstance(entry, dict):
-            raise SteeringError(f"layers[{index}]: expected an object; the file is corrupt")
-        where = f"layers[{index}]"
-        vector = None if entry.get("vector") is None else _tensor(tensors, hashes, entry["vector"], f"{where}.vector")
-        cap = entry.get("projection_cap")
-        abl = entry.get("ablation")
-        try:
-            layers[index] = LayerSteeringSpec(
-                vector=vector,
-                scale=entry.get("scale", 1.0),
-                projection_cap=None
-                if cap is None
-                else ProjectionCapSpec(_tensor(tensors, hashes, cap.get("vector"), f"{where}.projection_cap.vector"), cap.get("min"), cap.get("max")),
-                ablation=None
-                if abl is None
-                else AblationSpec(_tensor(tensors, hashes, abl.get("vector"), f"{where}.ablation.vector"), abl.get("scale")),
-            )
-        except SteeringError as exc:
-            raise SteeringError(f"{where}.{exc}") from exc
-    hidden = header.get("hidden_size")
-    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden <= 0):
-        raise SteeringError(f"hidden_size: {hidden!r} is not a positive integer; the file is corrupt")
-    meta = SpecMetadata(model_id=header.get("model_id"), hidden_size=hidden, description=header.get("description") or "")
-    return SteeringSpec(layers, meta)
+    if isinstance(version, bool) or not isinstance(version, int) or version != SPEC_VERSION:
+        raise SteeringError(
+            f"version: spec file version {show(version)} is not supported (this sidesteer reads {SPEC_VERSION}); upgrade "
+            "sidesteer or re-export"
+        )
+    _check_keys(header, REQUIRED_KEYS, OPTIONAL_KEYS, "header")
+    if not isinstance(header.get("layer_convention", ""), str):
+        raise SteeringError(f"layer_convention: expected a string, got {show(header['layer_convention'])}; the file is corrupt")
+    if header.get("op_order", list(OP_ORDER)) != list(OP_ORDER):
+        raise SteeringError(f"op_order: {show(header['op_order'])} is not sidesteer's order {list(OP_ORDER)}; the file is corrupt")
+    fingerprint = header["fingerprint"]
+    if not isinstance(fingerprint, str) or not SHA256_HEX.fullmatch(fingerprint):
+        raise SteeringError(f"fingerprint: {show(fingerprint)} is not a sha256 hex digest; the file is corrupt, re-export it")
+    entries = _parse_layers(header["layers"], container)
+    _check_hashes(header["sha256"], container)
+    metadata = SpecMetadata(model_id=header.get("model_id"), hidden_size=header.get("hidden_size"), description=header.get("description"))
+    spec = SteeringSpec({index: _build_layer(entry, container, index) for index, entry in entries.items()}, metadata)
+    if spec.fingerprint() != fingerprint:
+        raise SteeringError(
+            f"fingerprint: the file's content does not match its recorded fingerprint ({fingerprint[:12]}..., content "
+            f"{spec.fingerprint()[:12]}...); the file was edited or corrupted; re-export it"
+        )
+    return spec
