@@ -7,18 +7,31 @@ engine's global steering state, so concurrent users never see each other's specs
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from app.sides import SIDES, Pane
-from app.spec_editor import Rows, VectorSource, rows_to_spec, spec_to_rows
-from engine import GenerationConfig, SteerableModel, mean_difference
+from app.limits import OPTIONS, AppLimits
+from app.sanitize import escape_markdown
+from app.sides import ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS, ENGINE_RESTARTING_WAIT, SIDES, Pane, notice
+from app.spec_editor import (
+    IMPORTED_PREFIX,
+    SESSION_PREFIX,
+    Rows,
+    SessionVectors,
+    VectorSource,
+    count_rows,
+    rows_to_spec,
+    spec_to_rows,
+)
+from app.temp_files import ExportFolder, discard_upload, gradio_upload_dir
+from engine import EngineDeadError, GenerationConfig, SteerableModel, mean_difference
 from engine.base import Prompt
 from vectors import (
     SpecMetadata,
@@ -28,13 +41,21 @@ from vectors import (
     export_gguf_control_vector,
     import_gguf_control_vector,
 )
-from vectors.registry import VectorEntry
+from vectors.registry import VectorEntry, validate_name
 
-REGISTRY_COLUMNS = ["name", "model", "hidden size", "suggested layer", "suggested scale", "norm", "method", "description"]
+logger = logging.getLogger("sidesteer.app")
+
+REGISTRY_COLUMNS = ["name", "model", "hidden size", "suggested layer", "suggested scale", "norm", "method", "description", "stored"]
 SWEEP_COLUMNS = ["scale factor", "tokens", "completion"]
-MAX_SWEEP_SCALES = 16
+MAX_SWEEP_SCALES = AppLimits().max_sweep_points
 SPEC_SUFFIXES = (".safetensors", ".gguf")
 CompareOutput = tuple[str, ...]
+READ_ONLY_DELETE = (
+    "delete: this app serves a read-only registry (public mode: SIDESTEER_READ_ONLY=1 or --read-only-registry), so {name!r} "
+    "cannot be deleted; vectors you create here live only in your browser session"
+)
+ENGINE_DEAD = "engine: the model engine stopped and could not be restarted; try again later (the operator must restart the app)"
+_SWEEP_OPTION = next(o for o in OPTIONS if o.field == "max_sweep_points")
 
 
 def _int(value: Any, field: str, minimum: int = 0) -> int:
@@ -62,17 +83,20 @@ def build_prompt(prompt: str, system_prompt: str | None, raw_completion: bool) -
     return [*messages, {"role": "user", "content": prompt}]
 
 
-def parse_scales(text: str) -> list[float]:
+def parse_scales(text: str, max_points: int = MAX_SWEEP_SCALES) -> list[float]:
     """``"-2, -1, 0, 1, 2"`` -> ``[-2.0, -1.0, 0.0, 1.0, 2.0]``.
 
     Raises:
-        SteeringError: Empty, not numbers, not finite, or more than :data:`MAX_SWEEP_SCALES` values.
+        SteeringError: Empty, not numbers, not finite, or more than ``max_points`` values.
     """
     parts = [p for p in str(text or "").replace(";", ",").replace(" ", ",").split(",") if p.strip()]
     if not parts:
         raise SteeringError("scales: no values; type comma-separated numbers such as -2, -1, 0, 1, 2")
-    if len(parts) > MAX_SWEEP_SCALES:
-        raise SteeringError(f"scales: {len(parts)} values; a sweep takes at most {MAX_SWEEP_SCALES}")
+    if len(parts) > max_points:
+        raise SteeringError(
+            f"scales: {len(parts)} values; a sweep takes at most {max_points} on this server "
+            f"(the operator can raise it with {_SWEEP_OPTION.env} or {_SWEEP_OPTION.flag})"
+        )
     try:
         scales = [float(p) for p in parts]
     except ValueError as exc:
@@ -87,20 +111,43 @@ def _lines(text: str | None) -> list[str]:
 
 
 class Callbacks:
-    """The app's handlers, bound to one engine, one registry and one export folder.
+    """The app's handlers, bound to one engine, one registry, one export folder and the app's limits.
+
+    Handlers that take ``session`` get the browser session's own vectors (``gr.State``): ``file:`` vectors of
+    imported spec files and, in read-only mode, ``session:`` vectors created on the Registry tab. Those never touch
+    the disk and no other session sees them.
 
     Args:
         engine: The steerable model (any backend).
         registry: Where named vectors live.
         export_dir: Private folder for exported files (Gradio copies them into its cache to serve them).
-        registry_writable: Allow creating and deleting registry vectors (off for public demos).
+        registry_writable: Allow creating and deleting registry vectors; also off when ``registry.writable`` is.
+        limits: Per-request limits; the defaults when None.
+        upload_dir: Gradio's upload cache (uploads inside it are deleted once read); Gradio's own when None.
     """
 
-    def __init__(self, engine: SteerableModel, registry: VectorRegistry, export_dir: Path, *, registry_writable: bool = True) -> None:
+    def __init__(
+        self,
+        engine: SteerableModel,
+        registry: VectorRegistry,
+        export_dir: Path,
+        *,
+        registry_writable: bool = True,
+        limits: AppLimits | None = None,
+        upload_dir: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.registry = registry
         self.export_dir = Path(export_dir)
-        self.registry_writable = registry_writable
+        self.exports = ExportFolder(self.export_dir)
+        self.registry_writable = registry_writable and registry.writable
+        self.limits = limits or AppLimits()
+        self.upload_dir = Path(upload_dir) if upload_dir else gradio_upload_dir()
+
+    @property
+    def read_only(self) -> bool:
+        """Public mode: the registry is never written; created vectors stay in the browser session."""
+        return not self.registry_writable
 
     # -- shared parsing ---------------------------------------------------------------------------------------------
     def fits(self, entry: VectorEntry) -> bool:
@@ -112,27 +159,43 @@ class Callbacks:
         """Registry vectors that fit the loaded model."""
         return [e for e in self.registry.list(hidden_size=self.engine.hidden_size) if self.fits(e)]
 
-    def current_spec(self, vector: str | None, layer: Any, scale: Any, steering_mode: str, editor: Any, imported: dict | None, description: str = "") -> SteeringSpec:
+    def known_vectors(self, session: SessionVectors | None = None) -> list[tuple[str, VectorEntry]]:
+        """``(name, entry)`` of every named vector that fits: the registry's, then this session's created ones."""
+        own = [(name, e) for name, e in (session or {}).items() if isinstance(e, VectorEntry) and self.fits(e)]
+        return [(e.name, e) for e in self.fitting_vectors()] + sorted(own, key=lambda item: item[0])
+
+    def _named_tensors(self, session: SessionVectors | None) -> dict[str, torch.Tensor]:
+        return {name: entry.vector for name, entry in self.known_vectors(session)}
+
+    def current_spec(self, vector: str | None, layer: Any, scale: Any, steering_mode: str, editor: Any, session: SessionVectors | None, description: str = "") -> SteeringSpec:
         """The spec the controls describe: quick mode (one vector) or the multi-layer editor; checked against the model."""
         metadata = SpecMetadata(model_id=self.engine.model_id, hidden_size=self.engine.hidden_size, description=description)
+        source = VectorSource(self.registry, session or {})
         if steering_mode == "editor":
-            spec = rows_to_spec(editor, VectorSource(self.registry, imported or {}), metadata)
+            self.limits.check("max_spec_layers", count_rows(editor), "spec editor", "remove rows")
+            spec = rows_to_spec(editor, source, metadata)
         elif steering_mode == "quick":
             if not vector:
                 raise SteeringError("vector: none selected; pick a registry vector (or create one on the Registry tab)")
             layer_index = _int(layer, "layer")
-            entry = self.registry.get(vector)
-            metadata.description = description or f"{entry.name} at layer {layer_index}, scale {float(scale):g}"
-            spec = SteeringSpec.single(layer_index, entry.vector, float(scale), **metadata.to_dict())
+            tensor = source.get(vector, "vector")
+            metadata.description = description or f"{vector} at layer {layer_index}, scale {float(scale):g}"
+            spec = SteeringSpec.single(layer_index, tensor, float(scale), **metadata.to_dict())
         else:
             raise SteeringError(f"steering_mode: {steering_mode!r} is not 'quick' or 'editor'")
         return self.engine.validate_spec(spec)
 
+    def check_prompt(self, request: Prompt) -> None:
+        """Refuse a prompt over the token limit (counted with the chat template) before it reaches the engine."""
+        self.limits.check("max_prompt_tokens", len(self.engine.encode_prompt(request)), "prompt", "shorten the prompt or the system prompt")
+
     def config(self, n: int, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any) -> GenerationConfig:
         """Sampling settings with one shared seed for all ``n`` rows: baseline and steered draw the same random numbers."""
         base = random.randrange(2**31) if seed is None or seed == "" else _int(seed, "seed")
+        new_tokens = _int(max_new_tokens, "max_new_tokens", 1)
+        self.limits.check("max_new_tokens", new_tokens, "max_new_tokens", "ask for fewer tokens")  # the API can send any number
         return GenerationConfig(
-            max_new_tokens=_int(max_new_tokens, "max_new_tokens", 1),
+            max_new_tokens=new_tokens,
             temperature=float(temperature),
             top_p=float(top_p),
             seed=base,
@@ -154,7 +217,7 @@ class Callbacks:
         raw_completion: bool,
         steering_mode: str,
         editor: Any,
-        imported: dict | None = None,
+        session: SessionVectors | None = None,
     ) -> Iterator[CompareOutput]:
         """Generate the baseline and the steered completion of one prompt in one batch, streaming both.
 
@@ -173,19 +236,32 @@ class Callbacks:
             editor: Spec editor rows (layer, vector, scale, cap vector, cap min, cap max, ablation vector, ablation scale).
 
         Returns:
-            Baseline text, steered text, baseline stats, steered stats (streamed; the last yield is final).
+            Baseline text, steered text, baseline stats, steered stats (streamed; the last yield is final). While the
+            engine restarts, both panes say so.
         """
         request = build_prompt(prompt, system_prompt, raw_completion)
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, imported)
+        self.check_prompt(request)
+        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
         config = self.config(len(SIDES), max_new_tokens, temperature, top_p, seed)
+        status = self.engine.status()
+        if status == "dead":
+            raise SteeringError(ENGINE_DEAD)
+        if status == "restarting":
+            yield notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS)  # the call below waits for the new engine
         panes = [Pane() for _ in SIDES]
-        stream = self.engine.generate_stream([request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES])
+        stream = None
         try:
+            stream = self.engine.generate_stream([request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES])
             for event in stream:
                 panes[event.index].push(event)
                 yield tuple(p.text for p in panes) + tuple(p.stats() for p in panes)
+        except EngineDeadError as exc:  # it died under this request: nothing ran, the next click will
+            logger.warning("compare: %s", exc)
+            yield notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS)
+            return
         finally:
-            stream.close()  # on Stop, Gradio drops this generator: closing the stream ends the engine request
+            if stream is not None:
+                stream.close()  # on Stop, Gradio drops this generator: closing the stream ends the engine request
         yield tuple(p.text for p in panes) + tuple(p.stats(stopped=True) for p in panes)
 
     def sweep(
@@ -203,7 +279,7 @@ class Callbacks:
         steering_mode: str,
         editor: Any,
         scales: str,
-        imported: dict | None = None,
+        session: SessionVectors | None = None,
     ) -> Rows:
         """Run the current setup at several scale factors in one batch (one row per factor, same seed for all).
 
@@ -214,40 +290,51 @@ class Callbacks:
             Rows of (scale factor, tokens, completion).
         """
         request = build_prompt(prompt, system_prompt, raw_completion)
-        factors = parse_scales(scales)
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, imported)
+        factors = parse_scales(scales, self.limits.max_sweep_points)
+        self.check_prompt(request)
+        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
         config = self.config(len(factors), max_new_tokens, temperature, top_p, seed)
         outputs = self.engine.generate([request] * len(factors), config, steering=[spec.scaled(f) for f in factors])
         return [[factor, out.num_tokens, out.text] for factor, out in zip(factors, outputs, strict=True)]
 
     # -- spec files ------------------------------------------------------------------------------------------------
-    def _export_path(self, spec: SteeringSpec, stem: str, suffix: str) -> Path:
-        folder = self.export_dir / uuid.uuid4().hex  # one folder per export: concurrent exports never collide
-        folder.mkdir(parents=True)
-        return folder / f"{stem}-{spec.fingerprint()[:12]}{suffix}"
-
-    def export_spec(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, imported: dict | None = None) -> str:
+    def export_spec(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, session: SessionVectors | None = None) -> str:
         """Export the current steering setup as a sidesteer spec file (.safetensors).
 
         Returns:
             Path of the spec file to download.
         """
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, imported, description or "")
-        return str(spec.save(self._export_path(spec, "spec", ".safetensors")))
+        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
+        return str(spec.save(self.exports.new_path(f"spec-{spec.fingerprint()[:12]}.safetensors")))
 
-    def export_gguf(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, imported: dict | None = None) -> str:
+    def export_gguf(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, session: SessionVectors | None = None) -> str:
         """Export the current setup's add vectors as a llama.cpp control vector (.gguf; layer L becomes direction.L+1).
 
         Returns:
             Path of the GGUF file to download.
         """
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, imported, description or "")
-        return str(export_gguf_control_vector(spec, self._export_path(spec, "control-vector", ".gguf")))
+        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
+        return str(export_gguf_control_vector(spec, self.exports.new_path(f"control-vector-{spec.fingerprint()[:12]}.gguf")))
 
-    def import_spec(self, file: str | None, imported: dict | None = None) -> tuple[str, Rows, dict[str, torch.Tensor], str]:
+    def _read_upload(self, path: Path) -> SteeringSpec:
+        """The spec in an uploaded file, checked against the limits and the loaded model."""
+        if path.suffix.lower() not in SPEC_SUFFIXES:
+            raise SteeringError(f"file: {path.name!r} is neither a .safetensors spec file nor a .gguf control vector; pick one of those")
+        if not path.is_file():
+            raise SteeringError(f"file: {path.name!r} is no longer on the server; upload it again")
+        self.limits.check_upload(path)
+        if path.suffix.lower() == ".gguf":
+            spec = import_gguf_control_vector(path, model_id=self.engine.model_id)
+        else:
+            spec = SteeringSpec.load(path)
+        self.limits.check("max_spec_layers", len(spec.active_layers()), "file", "import a spec with fewer layers")
+        return self.engine.validate_spec(spec)
+
+    def import_spec(self, file: str | None, session: SessionVectors | None = None) -> tuple[str, Rows, dict[str, Any], str]:
         """Load a spec file (.safetensors) or llama.cpp control vector (.gguf) into the spec editor.
 
-        The file is validated against the loaded model first; a bad file raises and changes nothing.
+        The file is validated against the loaded model first; a bad file raises and changes nothing. The upload is
+        deleted from the server once read (its vectors stay in this browser session).
 
         Args:
             file: The uploaded file.
@@ -258,80 +345,107 @@ class Callbacks:
         if not file:
             raise SteeringError("file: nothing uploaded; choose a .safetensors spec file or a .gguf control vector")
         path = Path(file)
-        if path.suffix.lower() not in SPEC_SUFFIXES:
-            raise SteeringError(f"file: {path.name!r} is neither a .safetensors spec file nor a .gguf control vector; pick one of those")
-        if path.suffix.lower() == ".gguf":
-            spec = import_gguf_control_vector(path, model_id=self.engine.model_id)
-        else:
-            spec = SteeringSpec.load(path)
-        self.engine.validate_spec(spec)
-        rows, vectors = spec_to_rows(spec, self.fitting_vectors())
-        status = f"Imported **{path.name}**: {len(rows)} layer(s), fingerprint `{spec.fingerprint()[:12]}`"
+        try:
+            spec = self._read_upload(path)
+        finally:
+            discard_upload(path, self.upload_dir)
+        rows, vectors = spec_to_rows(spec, self._named_tensors(session))
+        kept = {name: v for name, v in (session or {}).items() if not name.startswith(IMPORTED_PREFIX)}  # the previous file's go
+        # Everything from the file is shown as plain text: a stranger wrote it.
+        status = f"Imported **{escape_markdown(path.name)}**: {len(rows)} layer(s), fingerprint `{spec.fingerprint()[:12]}`"
         if spec.model_id and spec.model_id != self.engine.model_id:
-            status += f" (made for `{spec.model_id}`, loaded model is `{self.engine.model_id}`)"
+            status += f" (made for {escape_markdown(spec.model_id)}, loaded model is {escape_markdown(self.engine.model_id)})"
         if spec.metadata.description:
-            status += f"; {spec.metadata.description}"
-        return "editor", rows, vectors, status
+            status += f"; {escape_markdown(spec.metadata.description)}"
+        return "editor", rows, {**kept, **vectors}, status
 
-    def quick_to_editor(self, vector: str | None, layer: float, scale: float) -> tuple[str, Rows]:
+    def quick_to_editor(self, vector: str | None, layer: float, scale: float, session: SessionVectors | None = None) -> tuple[str, Rows]:
         """Copy the quick-mode setup into the spec editor (to add more layers or ops)."""
-        spec = self.current_spec(vector, layer, scale, "quick", None, None)
-        return "editor", spec_to_rows(spec, self.fitting_vectors())[0]
+        spec = self.current_spec(vector, layer, scale, "quick", None, session)
+        return "editor", spec_to_rows(spec, self._named_tensors(session))[0]
 
     # -- registry --------------------------------------------------------------------------------------------------
-    def list_vectors(self) -> Rows:
-        """Registry vectors that fit the loaded model.
+    def _stored(self, name: str) -> str:
+        if name.startswith(SESSION_PREFIX):
+            return "this session"
+        return "shipped" if self.registry.is_shipped(name) else "server"
+
+    def list_vectors(self, session: SessionVectors | None = None) -> Rows:
+        """Registry vectors (and this session's own) that fit the loaded model.
 
         Returns:
-            Rows of (name, model, hidden size, suggested layer, suggested scale, norm, method, description).
+            Rows of (name, model, hidden size, suggested layer, suggested scale, norm, method, description, stored).
         """
         return [
-            [e.name, e.model_id or "", e.hidden_size, e.suggested_layer, e.suggested_scale, round(e.norm, 3), e.method, e.description]
-            for e in self.fitting_vectors()
+            [name, e.model_id or "", e.hidden_size, e.suggested_layer, e.suggested_scale, round(e.norm, 3), e.method, e.description, self._stored(name)]
+            for name, e in self.known_vectors(session)
         ]
 
     @staticmethod
-    def _public(entry: VectorEntry) -> dict[str, Any]:
+    def _public(entry: VectorEntry, name: str | None = None) -> dict[str, Any]:
         """Entry metadata without the server-side path (never show clients the server's file system)."""
         details = entry.to_dict()
         details.pop("path", None)
+        if name is not None:
+            details["name"] = name
         return details
 
-    def vector_names(self) -> list[str]:
-        return [e.name for e in self.fitting_vectors()]
+    def vector_names(self, session: SessionVectors | None = None) -> list[str]:
+        return [name for name, _ in self.known_vectors(session)]
 
-    def vector_details(self, name: str | None) -> dict[str, Any]:
+    def vector_details(self, name: str | None, session: SessionVectors | None = None) -> dict[str, Any]:
         """All metadata of one registry vector."""
         if not name:
             return {}
-        return self._public(self.registry.get(name))
+        entry = VectorSource(self.registry, session or {}).entry(name, "name")
+        if isinstance(entry, torch.Tensor):  # from an imported file: no metadata
+            return {"name": name, "hidden_size": entry.numel(), "norm": float(entry.norm()), "stored": "this session"}
+        return {**self._public(entry, name), "stored": self._stored(name)}
 
-    def vector_defaults(self, name: str | None, layer: float, scale: float) -> tuple[int, float]:
+    def vector_defaults(self, name: str | None, layer: float, scale: float, session: SessionVectors | None = None) -> tuple[int, float]:
         """Quick-mode layer and scale for a vector: its suggested layer and ``extra.suggested_scale`` when set."""
         if not name:
             return _int(layer, "layer"), float(scale)
-        entry = self.registry.get(name)
+        entry = VectorSource(self.registry, session or {}).entry(name, "vector")
+        if isinstance(entry, torch.Tensor):
+            return _int(layer, "layer"), float(scale)
         suggested_layer = entry.suggested_layer if entry.suggested_layer is not None else _int(layer, "layer")
         return suggested_layer, entry.suggested_scale if entry.suggested_scale is not None else float(scale)
 
-    def _check_writable(self) -> None:
-        if not self.registry_writable:
-            raise SteeringError("registry: this app serves a read-only registry; start it without --read-only-registry to edit")
-
-    def delete_vector(self, name: str | None) -> str:
-        """Delete a registry vector.
+    def delete_vector(self, name: str | None, session: SessionVectors | None = None) -> tuple[str, dict[str, Any]]:
+        """Delete a registry vector (or one of this session's own). Refused in read-only mode and for shipped vectors.
 
         Returns:
             A status line.
         """
-        self._check_writable()
+        session = dict(session or {})
         if not name:
             raise SteeringError("name: no vector selected; pick the vector to delete")
+        if name.startswith(SESSION_PREFIX):
+            if session.pop(name, None) is None:
+                raise SteeringError(f"name: {name!r} is not among this session's vectors; pick one from the list")
+            return f"Removed **{escape_markdown(name)}** from this session.", session
+        if self.read_only:
+            raise SteeringError(READ_ONLY_DELETE.format(name=name))
+        if self.registry.is_shipped(name):
+            raise SteeringError(f"delete: {name!r} ships with the app (a read-only folder), so it cannot be deleted; only vectors created on this server can")
         self.registry.remove(name)
-        return f"Deleted **{name}**."
+        return f"Deleted **{escape_markdown(name)}**.", session
 
-    def create_vector(self, name: str, description: str, layer: float, positive_prompts: str, negative_prompts: str, suggested_scale: float | None, overwrite: bool) -> dict[str, Any]:
-        """Make a vector from contrastive prompts (mean activation difference at a layer) and save it in the registry.
+    def create_vector(
+        self,
+        name: str,
+        description: str,
+        layer: float,
+        positive_prompts: str,
+        negative_prompts: str,
+        suggested_scale: float | None,
+        overwrite: bool,
+        session: SessionVectors | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Make a vector from contrastive prompts (mean activation difference at a layer) and save it.
+
+        It goes into the registry, or, in read-only mode, into this browser session only (as ``session:<name>``).
 
         Args:
             name: Registry name (letters, digits, '.', '_', '-').
@@ -345,26 +459,35 @@ class Callbacks:
         Returns:
             The new vector's metadata.
         """
-        self._check_writable()
+        session = dict(session or {})
         layer_index = _int(layer, "layer")
         positive, negative = _lines(positive_prompts), _lines(negative_prompts)
-        self.registry.path_for(name)  # fail on a bad name before the forward passes
+        for field, prompts in (("positive_prompts", positive), ("negative_prompts", negative)):
+            self.limits.check("max_prompts", len(prompts), field, "use fewer prompts")
+        validate_name(name)  # fail on a bad name before the forward passes
+        key = SESSION_PREFIX + name
+        if self.read_only and key in session and not overwrite:
+            raise SteeringError(f"name: {key!r} already exists in this session; tick overwrite or pick another name")
+        if not self.read_only and self.registry.is_shipped(name):
+            raise SteeringError(f"name: {name!r} is a vector shipped with the app and cannot be replaced; pick another name")
         vector = mean_difference(self.engine, positive, negative, layer_index)
         extra: dict[str, Any] = {"num_positive": len(positive), "num_negative": len(negative)}
         if suggested_scale not in (None, "", 0):  # a scale of 0 steers nothing, so 0 means "no suggestion"
             extra["suggested_scale"] = float(suggested_scale)
-        entry = self.registry.add(
-            name,
-            vector,
-            description=description or "",
-            model_id=self.engine.model_id,
-            suggested_layer=layer_index,
-            method="mean-diff",
-            overwrite=bool(overwrite),
-            extra=extra,
-        )
-        return self._public(entry)
+        fields = {"description": description or "", "model_id": self.engine.model_id, "suggested_layer": layer_index, "method": "mean-diff", "extra": extra}
+        if self.read_only:
+            session[key] = VectorEntry(name=name, vector=vector, **fields)
+            return self._public(session[key], key), session
+        entry = self.registry.add(name, vector, overwrite=bool(overwrite), **fields)
+        return self._public(entry), session
 
     def engine_info(self) -> dict[str, Any]:
-        """Backend, model, number of layers, hidden size, and how many registry vectors fit."""
-        return {**self.engine.info(), "registry": self.registry.root.name, "vectors_fitting": len(self.fitting_vectors())}
+        """Backend, model, number of layers, hidden size, engine status, registry mode, the limits, how many vectors fit."""
+        return {
+            **self.engine.info(),
+            "status": self.engine.status(),
+            "registry": self.registry.root.name,
+            "registry_mode": "read-only" if self.read_only else "writable",
+            "vectors_fitting": len(self.fitting_vectors()),
+            "limits": dataclasses.asdict(self.limits),
+        }

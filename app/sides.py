@@ -30,6 +30,16 @@ SIDES: tuple[Side, ...] = (
     Side("steered", "Steered", steered=True),
 )
 
+# While the vLLM engine rebuilds itself after its process died (``engine.status() == "restarting"``).
+ENGINE_RESTARTING_WAIT = "engine restarting — your request will run when it is back"
+ENGINE_RESTARTING_RETRY = "engine restarting — your request did not run; press Generate again in a moment"
+ENGINE_RESTARTING_STATS = "engine restarting…"
+
+
+def notice(text: str, stats: str) -> tuple[str, ...]:
+    """The same message in every pane and every stats line (one compare output)."""
+    return (text,) * len(SIDES) + (stats,) * len(SIDES)
+
 
 @dataclass
 class Pane:

@@ -1,8 +1,9 @@
 """The multi-layer spec editor: table rows <-> :class:`~vectors.SteeringSpec`.
 
-One row per layer. Vectors are named, not pasted: a name is a registry vector, or an ``file:...`` name standing for a
-vector that came in with an imported spec file and is not in the registry (those tensors live in the session's
-``imported`` dict, never on disk). Empty cells mean "no such op".
+One row per layer. Vectors are named, not pasted: a name is a registry vector, a ``file:...`` name standing for a
+vector that came in with an imported spec file and is not in the registry, or a ``session:...`` name for a vector
+created in read-only mode. The last two live in the browser session's dict of vectors (``gr.State``), never on disk.
+Empty cells mean "no such op".
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from vectors.registry import VectorEntry
 
 COLUMNS = ["layer", "vector", "scale", "cap vector", "cap min", "cap max", "ablation vector", "ablation scale"]
 DATATYPES = ["number", "str", "number", "str", "number", "number", "str", "number"]
-# Registry names start with a letter or digit and never hold ':', so this prefix cannot clash with one.
-IMPORTED_PREFIX = "file:"
+# Registry names start with a letter or digit and never hold ':', so these prefixes cannot clash with one.
+IMPORTED_PREFIX = "file:"  # a vector from an imported spec file
+SESSION_PREFIX = "session:"  # a vector created in read-only mode: it lives in this browser session only
+SESSION_PREFIXES = (IMPORTED_PREFIX, SESSION_PREFIX)
 
 Rows = list[list[Any]]
+# A browser session's own vectors: ``file:`` names -> tensors, ``session:`` names -> entries with their metadata.
+SessionVectors = Mapping[str, "torch.Tensor | VectorEntry"]
 
 
 def _is_blank(value: Any) -> bool:
@@ -56,10 +61,10 @@ def _name(value: Any) -> str | None:
 
 @dataclass
 class VectorSource:
-    """Resolves vector names for the editor: session-imported vectors first, then the registry."""
+    """Resolves vector names for the editor and quick mode: the session's own vectors first, then the registry."""
 
     registry: VectorRegistry
-    imported: Mapping[str, torch.Tensor]
+    imported: SessionVectors
 
     def get(self, name: str, where: str) -> torch.Tensor:
         """The tensor called ``name``.
@@ -67,14 +72,36 @@ class VectorSource:
         Raises:
             SteeringError: Unknown name (the registry's message lists the available ones).
         """
-        if name.startswith(IMPORTED_PREFIX):
-            if name not in self.imported:
+        entry = self.entry(name, where)
+        return entry if isinstance(entry, torch.Tensor) else entry.vector
+
+    def entry(self, name: str, where: str) -> torch.Tensor | VectorEntry:
+        """The registry or session entry called ``name`` (a bare tensor for ``file:`` vectors, which have no metadata).
+
+        Raises:
+            SteeringError: Unknown name.
+        """
+        if name.startswith(SESSION_PREFIXES):
+            if name in self.imported:
+                return self.imported[name]
+            if name.startswith(IMPORTED_PREFIX):
                 raise SteeringError(f"{where}: {name!r} is not among this session's imported vectors; import the spec file again")
-            return self.imported[name]
+            raise SteeringError(f"{where}: {name!r} is not among this session's vectors; create it again on the Registry tab")
         try:
-            return self.registry.get(name).vector
+            return self.registry.get(name)
         except SteeringError as exc:
             raise SteeringError(f"{where}: {exc}") from exc
+
+
+def count_rows(rows: Any) -> int:
+    """Non-empty rows of editor input (checked against the layer limit before any row is parsed)."""
+    if isinstance(rows, Mapping):
+        rows = rows.get("data") or []
+    if rows is None:
+        return 0
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        raise SteeringError(f"spec editor: expected a list of rows, got {type(rows).__name__}; send a list of lists")
+    return sum(1 for row in rows if not (isinstance(row, Sequence) and all(_is_blank(c) for c in row)))
 
 
 def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None = None) -> SteeringSpec:
@@ -96,6 +123,8 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
         rows = rows.get("data") or []
     layers: dict[int, LayerSteeringSpec] = {}
     for number, row in enumerate(rows or [], start=1):
+        if not isinstance(row, Sequence) or isinstance(row, (str, bytes)):
+            raise SteeringError(f"spec editor row {number}: {row!r:.40} is not a list of cells; send one list per row")
         cells = list(row) + [None] * (len(COLUMNS) - len(row))
         if all(_is_blank(c) for c in cells):
             continue  # the empty row the table keeps for typing
@@ -125,24 +154,25 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
     return spec
 
 
-def spec_to_rows(spec: SteeringSpec, entries: Sequence[VectorEntry]) -> tuple[Rows, dict[str, torch.Tensor]]:
-    """Editor rows for ``spec``; vectors equal to a registry vector get its name, others a ``file:`` name.
+def spec_to_rows(spec: SteeringSpec, entries: Sequence[VectorEntry] | Mapping[str, torch.Tensor]) -> tuple[Rows, dict[str, torch.Tensor]]:
+    """Editor rows for ``spec``; vectors equal to a known vector get its name, others a ``file:`` name.
 
     Args:
         spec: The spec to show.
-        entries: Registry vectors to match tensors against (exact float32 equality).
+        entries: Registry vectors, or a name -> tensor map, to match tensors against (exact float32 equality).
 
     Returns:
         ``(rows, imported)``: the rows, and the ``file:`` name -> tensor map the rows refer to.
     """
     imported: dict[str, torch.Tensor] = {}
+    known = list(entries.items()) if isinstance(entries, Mapping) else [(e.name, e.vector) for e in entries]
 
     def name_for(tensor: torch.Tensor | None, label: str) -> str | None:
         if tensor is None:
             return None
-        for entry in entries:
-            if entry.vector.shape == tensor.shape and torch.equal(entry.vector, tensor):
-                return entry.name
+        for name, vector in known:
+            if vector.shape == tensor.shape and torch.equal(vector, tensor):
+                return name
         name = f"{IMPORTED_PREFIX}{label}"
         imported[name] = tensor
         return name

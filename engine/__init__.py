@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.base import Generation, GenerationConfig, SteerableModel, StreamEvent
+from engine.base import Generation, GenerationConfig, RequestLimits, SteerableModel, StreamEvent
+from engine.errors import EngineDeadError
 from engine.extraction import mean_difference
 from engine.hf_backend import HFSteerModel
 
 __all__ = [
+    "EngineDeadError",
     "Generation",
     "GenerationConfig",
     "HFSteerModel",
+    "RequestLimits",
     "SteerableModel",
     "StreamEvent",
     "VLLMSteerModel",

@@ -25,6 +25,33 @@ ChatMessage = dict[str, str]
 Prompt = str | Sequence[ChatMessage]
 SteeringArg = SteeringSpec | Sequence[SteeringSpec | None] | None
 FinishReason = Literal["stop", "length", "abort"]
+EngineStatus = Literal["ready", "restarting", "dead"]
+CHARS_PER_TOKEN_LIMIT = 32  # a prompt string longer than this many characters per allowed token is refused untokenised
+
+
+@dataclass
+class RequestLimits:
+    """Per-call limits, checked before any work starts (one shared engine: a huge request must not stall the others).
+
+    ``None`` means no limit beyond the model's context length, which is always enforced (prompt tokens plus
+    ``max_new_tokens`` must fit). The library's default is no extra limit (rollouts batch thousands of prompts); the
+    app sets its own (see ``app/limits.py``).
+
+    Args:
+        max_prompt_tokens: Tokens per prompt.
+        max_new_tokens: ``GenerationConfig.max_new_tokens`` of one call.
+        max_prompts: Prompts in one call.
+    """
+
+    max_prompt_tokens: int | None = None
+    max_new_tokens: int | None = None
+    max_prompts: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_tokens", "max_new_tokens", "max_prompts"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SteeringError(f"limits.{name}: {value!r} is not a positive integer or None; pass e.g. 1024")
 
 
 @dataclass
@@ -122,6 +149,7 @@ class SteerableModel(abc.ABC):
         self._state = SteeringSpec({}, self._metadata())
         self._state_lock = threading.RLock()
         self._target_layer: int | None = None
+        self.limits = RequestLimits()
 
     # -- facts ----------------------------------------------------------------------------------------------------
     @property
@@ -131,6 +159,43 @@ class SteerableModel(abc.ABC):
     @property
     def hidden_size(self) -> int:
         return self._hidden_size
+
+    @property
+    def context_length(self) -> int:
+        """Tokens a request may hold in all (prompt + new tokens)."""
+        return self._context_length()
+
+    def _context_length(self) -> int:
+        return 1 << 62  # backends override with the model's (or engine's) real limit
+
+    def status(self) -> EngineStatus:
+        """``"ready"``; the vLLM backend also reports ``"restarting"`` (rebuilding after its engine died) or ``"dead"``."""
+        return "ready"
+
+    def check_request(self, prompt_ids: Sequence[Sequence[int]], config: GenerationConfig) -> None:
+        """Refuse a call that breaks :attr:`limits` or the context length, before any work starts.
+
+        Raises:
+            SteeringError: Names the prompt, both numbers and the limit.
+        """
+        limits, context = self.limits, self.context_length
+        if limits.max_prompts is not None and len(prompt_ids) > limits.max_prompts:
+            raise SteeringError(f"prompts: {len(prompt_ids)} prompts in one call is over the limit of {limits.max_prompts}; split the call")
+        if limits.max_new_tokens is not None and config.max_new_tokens > limits.max_new_tokens:
+            raise SteeringError(
+                f"max_new_tokens: {config.max_new_tokens} is over the limit of {limits.max_new_tokens}; ask for fewer tokens"
+            )
+        for index, ids in enumerate(prompt_ids):
+            n = len(ids)
+            if limits.max_prompt_tokens is not None and n > limits.max_prompt_tokens:
+                raise SteeringError(
+                    f"prompts[{index}]: {n} prompt tokens is over the limit of {limits.max_prompt_tokens}; shorten the prompt"
+                )
+            if n + config.max_new_tokens > context:
+                raise SteeringError(
+                    f"prompts[{index}]: {n} prompt tokens + {config.max_new_tokens} max_new_tokens = {n + config.max_new_tokens} "
+                    f"is over the context length of {context} tokens; shorten the prompt or lower max_new_tokens"
+                )
 
     def info(self) -> dict[str, Any]:
         """Backend, model id, number of layers, hidden size."""
@@ -268,6 +333,7 @@ class SteerableModel(abc.ABC):
     # -- prompts and specs ----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         """Token ids of a raw string, or of a chat message list with the chat template applied."""
+        self._check_prompt_chars(prompt)
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
         if isinstance(prompt, Sequence) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt) and prompt:
@@ -278,6 +344,22 @@ class SteerableModel(abc.ABC):
         raise SteeringError(
             f"prompts: {prompt!r:.80} is neither a string nor a list of {{'role', 'content'}} messages; pass one of those"
         )
+
+    def _check_prompt_chars(self, prompt: Prompt) -> None:
+        """Refuse text far too long for the token limit before tokenising it (a megabyte prompt costs CPU time)."""
+        limit = self.limits.max_prompt_tokens
+        if limit is None:
+            return
+        if isinstance(prompt, str):
+            chars = len(prompt)
+        elif isinstance(prompt, Sequence):
+            chars = sum(len(m["content"]) for m in prompt if isinstance(m, dict) and isinstance(m.get("content"), str))
+        else:
+            return
+        if chars > limit * CHARS_PER_TOKEN_LIMIT:
+            raise SteeringError(
+                f"prompts: {chars} characters is far over the limit of {limit} prompt tokens; shorten the prompt"
+            )
 
     def decode_all(self, sequences: list[list[int]], decode_text: bool = True) -> list[str]:
         """Text of each completion, special tokens skipped: one ``batch_decode`` call where the tokenizer has it (fast
@@ -320,8 +402,12 @@ class SteerableModel(abc.ABC):
         if not isinstance(config, GenerationConfig):
             raise SteeringError(f"config: expected a GenerationConfig, got {type(config).__name__}")
         config.check_num_prompts(len(prompts))
+        if self.limits.max_prompts is not None and len(prompts) > self.limits.max_prompts:
+            raise SteeringError(f"prompts: {len(prompts)} prompts in one call is over the limit of {self.limits.max_prompts}; split the call")
         specs = self.resolve_steering(len(prompts), steering)
-        return [self.encode_prompt(p) for p in prompts], config, specs
+        ids = [self.encode_prompt(p) for p in prompts]
+        self.check_request(ids, config)
+        return ids, config, specs
 
     def generate(self, prompts: Sequence[Prompt] | Prompt, config: GenerationConfig | None = None, *, steering: SteeringArg = None) -> list[Generation]:
         """Generate completions in one batch, each prompt steered by its own spec.
@@ -366,7 +452,9 @@ class SteerableModel(abc.ABC):
         config = config or GenerationConfig()
         config.check_num_prompts(len(prompt_token_ids))
         specs = self.resolve_steering(len(prompt_token_ids), steering)
-        return self._generate([list(map(int, p)) for p in prompt_token_ids], config, specs, decode_text=decode_text)
+        ids = [list(map(int, p)) for p in prompt_token_ids]
+        self.check_request(ids, config)
+        return self._generate(ids, config, specs, decode_text=decode_text)
 
     def mean_activations(self, prompts: Sequence[Prompt], layers: Sequence[int]) -> dict[int, torch.Tensor]:
         """Mean output residual stream at each layer: over each prompt's tokens, then over prompts.
@@ -379,7 +467,9 @@ class SteerableModel(abc.ABC):
         if not prompts:
             raise SteeringError("prompts: the list is empty; pass at least one prompt")
         layer_list = sorted({self._check_layer(layer) for layer in layers})
-        return self._mean_activations([self.encode_prompt(p) for p in prompts], layer_list)
+        ids = [self.encode_prompt(p) for p in prompts]
+        self.check_request(ids, GenerationConfig(max_new_tokens=1))
+        return self._mean_activations(ids, layer_list)
 
     # -- backend hooks --------------------------------------------------------------------------------------------
     @abc.abstractmethod

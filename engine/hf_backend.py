@@ -15,7 +15,7 @@ import torch
 
 from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
 from engine.layers import find_decoder_layers
-from engine.steering_ops import SlotTables, layer_rows, steer_rows, write_slot
+from engine.steering_ops import SlotTables, layer_rows, steer_rows, stream_bound, write_slot
 from vectors import SteeringError, SteeringSpec
 
 
@@ -86,6 +86,10 @@ class HFSteerModel(SteerableModel):
         super().__init__(model_id, tokenizer, len(self.layers), int(config.hidden_size))
         self._lock = threading.Lock()
         self._eos_ids = self._find_eos_ids()
+        self._max_positions = int(getattr(config, "max_position_embeddings", 0) or 0) or (1 << 62)
+
+    def _context_length(self) -> int:
+        return self._max_positions
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, model_id: str | None = None) -> HFSteerModel:
@@ -116,7 +120,8 @@ class HFSteerModel(SteerableModel):
                 hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, hidden]
                 b, t, h = hidden.shape
                 index = row_slots[:, None].expand(b, t).reshape(-1)
-                steered = steer_rows(hidden.reshape(-1, h).to(torch.float32), index, layer_tables).to(hidden.dtype).reshape(b, t, h)
+                steered = steer_rows(hidden.reshape(-1, h).to(torch.float32), index, layer_tables, bound=stream_bound(hidden.dtype))
+                steered = steered.to(hidden.dtype).reshape(b, t, h)
                 return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
             return hook

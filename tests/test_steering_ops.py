@@ -90,3 +90,24 @@ def test_op_layout_subsets_compute_only_their_ops():
     idx = torch.ones(4, dtype=torch.long)
     assert torch.allclose(rows(x, idx, tables, frozenset({"add"})), x + 2.0 * v)
     assert torch.equal(rows(x, idx, tables), steer_layer_output(x, layer)) or torch.allclose(rows(x, idx, tables), steer_layer_output(x, layer))
+
+
+def test_steered_stream_stays_finite_and_bounded():
+    """Whatever a slot holds, the hook's output is finite and bounded (a NaN/Inf would reach the KV cache and stay
+    there after its request ends); rows of slot 0 within the bound are unchanged bit for bit."""
+    from engine.steering_ops import STREAM_BOUND, STREAM_BOUND_FP16, stream_bound
+
+    tables = SlotTables.empty(3, 4)
+    tables.add[1] = torch.tensor([float("inf"), float("-inf"), float("nan"), 1.0])
+    tables.abl_dir[2] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    tables.abl_scale[2] = 1e30  # amplified past float32's range
+    x = torch.tensor([[1.5, -2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0], [1e10, 0.0, 0.0, 1.0], [7.0, 8.0, 9.0, 10.0]])
+    out = steer_rows(x, torch.tensor([0, 1, 2, 0]), tables)
+    assert torch.equal(out[0], x[0]) and torch.equal(out[3], x[3])
+    # inf + (-inf) reach the cap's dot product (inf x 0 = NaN): the whole row is NaN, then 0
+    assert out[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    # (1e30 - 1) x 1e10 overflows to inf; inf x 0 = NaN in the other channels
+    assert out[2].tolist() == [float(torch.tensor(STREAM_BOUND, dtype=torch.float32)), 0.0, 0.0, 0.0]
+    assert stream_bound(torch.float16) == STREAM_BOUND_FP16 and stream_bound(torch.bfloat16) == STREAM_BOUND
+    fp16 = steer_rows(x, torch.tensor([0, 1, 2, 0]), tables, bound=stream_bound(torch.float16))
+    assert torch.isfinite(fp16.to(torch.float16)).all()

@@ -106,12 +106,17 @@ def test_summarize_kernels_counts_only_device_events():
 def _payload(hidden: int, seed: int, cap: bool = True) -> dict[str, object]:
     g = np.random.default_rng(seed)
     vec = lambda: g.standard_normal(hidden).astype("<f4").tobytes()  # noqa: E731
+
+    def unit() -> bytes:
+        v = g.standard_normal(hidden)
+        return (v / np.linalg.norm(v)).astype("<f4").tobytes()
+
     return {
         "add": vec(),
-        "cap_dir": vec() if cap else np.zeros(hidden, "<f4").tobytes(),
+        "cap_dir": unit() if cap else np.zeros(hidden, "<f4").tobytes(),
         "cap_min": -1.5 if cap else float("-inf"),
         "cap_max": 2.0 if cap else float("inf"),
-        "abl_dir": vec(),
+        "abl_dir": unit(),
         "abl_scale": 0.25,
     }
 
@@ -157,11 +162,22 @@ def test_bad_slot_writes_change_nothing():
     before = {layer: {k: v.clone() for k, v in t.tensors().items()} for layer, t in state.tables.items()}
     short = _payload(8, 2)
     short["add"] = np.zeros(7, "<f4").tobytes()
+    huge = (np.ones(8) * 1e37).astype("<f4").tobytes()  # every element finite, the norm far past the limit
     cases = {
-        "add has 7 floats, expected 8": [(2, {0: _payload(8, 3)}), (1, {0: short})],
+        "slot 1 layer 0.add has 7 floats, expected 8": [(2, {0: _payload(8, 3)}), (1, {0: short})],
         "slot 5 out of range 1..4": [(2, {0: _payload(8, 3)}), (5, {0: _payload(8, 3)})],
         r"layers \[1\] are not hooked": [(2, {1: _payload(8, 3)})],
-        "abl_dir must be 8 float32 values as bytes": [(2, {0: {**_payload(8, 3), "abl_dir": 0.0}})],
+        "slot 2 layer 0.abl_dir must be float32 bytes": [(2, {0: {**_payload(8, 3), "abl_dir": 0.0}})],
+        # Payloads that bypass the driver's checks never reach the tables every request reads.
+        r"slot 2 layer 0.add: holds NaN or Inf": [(2, {0: {**_payload(8, 3), "add": np.full(8, np.inf, "<f4").tobytes()}})],
+        r"slot 2 layer 0.cap_dir: holds NaN or Inf": [(2, {0: {**_payload(8, 3), "cap_dir": np.full(8, np.nan, "<f4").tobytes()}})],
+        r"slot 2 layer 0.add: norm 2.83e\+37 is beyond the limit 1e\+06": [(2, {0: {**_payload(8, 3), "add": huge}})],
+        r"slot 2 layer 0.abl_dir: norm .* is neither 1": [(2, {0: {**_payload(8, 3), "abl_dir": np.ones(8, "<f4").tobytes()}})],
+        r"slot 2 layer 0.cap_max: nan is beyond": [(2, {0: {**_payload(8, 3), "cap_min": float("-inf"), "cap_max": float("nan")}})],
+        r"slot 2 layer 0.cap_min: 1e\+38 is beyond": [(2, {0: {**_payload(8, 3), "cap_min": 1e38, "cap_max": float("inf")}})],
+        r"slot 2 layer 0.abl_scale: nan is beyond": [(2, {0: {**_payload(8, 3), "abl_scale": float("nan")}})],
+        r"slot 2 layer 0: cap_min 2.0 > cap_max -1.5": [(2, {0: {**_payload(8, 3), "cap_min": 2.0, "cap_max": -1.5}})],
+        "slot True out of range": [(True, {0: _payload(8, 3)})],
     }
     for message, writes in cases.items():
         with pytest.raises(ValueError, match=message):

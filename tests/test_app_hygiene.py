@@ -1,0 +1,233 @@
+"""Hygiene of a public deploy: temp files cleaned up, strangers' text escaped, no tracebacks or server paths shown,
+no analytics, security headers, and an engine that restarts. Fast: a tiny random model (served in-process for the
+HTTP checks) and fakes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from markdown_it import MarkdownIt
+
+from app import SECURITY_HEADERS, build_demo
+from app.callbacks import Callbacks
+from app.errors import ENGINE_RESTARTING, user_errors
+from app.sanitize import escape_markdown, redact_paths
+from app.sides import ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS, ENGINE_RESTARTING_WAIT, notice
+from app.temp_files import ExportFolder, gradio_upload_dir
+from engine import EngineDeadError, GenerationConfig
+from tests.helpers import tiny_hf
+from tests.test_app_support import one_vector_registry, serve
+from vectors import LayerSteeringSpec, SpecMetadata, SteeringError, SteeringSpec
+
+HIDDEN = 64
+INJECTION = "![x](http://evil/) [click](javascript:alert(1)) <img src=x onerror=alert(1)> <script>alert(2)</script>"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return tiny_hf(hidden=HIDDEN)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return one_vector_registry(tmp_path / "registry", HIDDEN)
+
+
+@pytest.fixture
+def cb(engine, registry, tmp_path):
+    return Callbacks(engine, registry, tmp_path / "exports", upload_dir=tmp_path / "uploads")
+
+
+def upload(tmp_path: Path, spec: SteeringSpec, name: str = "spec.safetensors") -> Path:
+    """Where Gradio would put an upload: its own folder inside the upload cache."""
+    folder = tmp_path / "uploads" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    return spec.save(folder / name)
+
+
+def rendered(markdown: str) -> str:
+    """HTML of a Markdown string (CommonMark with raw HTML on: the worst case)."""
+    return MarkdownIt("commonmark", {"html": True}).render(markdown)
+
+
+# -- (a) temp files ------------------------------------------------------------------------------------------------
+def test_exports_are_pruned_by_count(cb):
+    cb.exports.keep = 3
+    paths = [Path(cb.export_spec("up", 1, float(i + 1), "quick", None, "", {})) for i in range(5)]
+    assert [p.exists() for p in paths] == [False, False, True, True, True]
+    assert len(cb.exports.exports()) == 3
+
+
+def test_exports_are_pruned_by_age(tmp_path):
+    folder = ExportFolder(tmp_path / "exports", keep=100, max_age_s=60)
+    old = folder.new_path("old.gguf")
+    old.write_bytes(b"x")
+    past = time.time() - 120
+    os.utime(old.parent, (past, past))
+    new = folder.new_path("new.gguf")
+    assert not old.parent.exists() and new.parent.is_dir()
+
+
+def test_uploads_are_deleted_once_read_good_or_bad(cb, tmp_path):
+    good = upload(tmp_path, SteeringSpec.single(1, torch.ones(HIDDEN)))
+    cb.import_spec(str(good), {})
+    assert not good.exists() and not good.parent.exists()
+    junk = upload(tmp_path, SteeringSpec.single(1, torch.ones(HIDDEN)), "junk.safetensors")
+    junk.write_bytes(b"\x80\x04K\x01." + b"0" * 64)
+    with pytest.raises(SteeringError):
+        cb.import_spec(str(junk), {})
+    assert not junk.exists()
+    elsewhere = SteeringSpec.single(1, torch.ones(HIDDEN)).save(tmp_path / "mine.safetensors")
+    cb.import_spec(str(elsewhere), {})
+    assert elsewhere.exists()  # only Gradio's upload cache is cleaned, never a file outside it
+
+
+def test_blocks_delete_gradio_cache_files(engine, registry):
+    demo = build_demo(engine, registry)
+    assert demo.delete_cache == (900, 3600)
+    demo.close()
+
+
+# -- (b) strangers' text is escaped --------------------------------------------------------------------------------
+def test_import_status_escapes_markdown_and_html_from_the_file(cb, engine, tmp_path):
+    spec = SteeringSpec({1: LayerSteeringSpec(torch.ones(HIDDEN), 1.0)}, SpecMetadata(model_id="[m](javascript:x)", description=INJECTION))
+    path = upload(tmp_path, spec, "![a](javascript:x).safetensors")
+    _, _, _, status = cb.import_spec(str(path), {})
+    assert status == (
+        f"Imported **\\!\\[a\\]\\(javascript\\:x\\)\\.safetensors**: 1 layer(s), fingerprint `{spec.fingerprint()[:12]}` "
+        "(made for \\[m\\]\\(javascript\\:x\\), loaded model is tiny\\-llama); "
+        "\\!\\[x\\]\\(http\\:\\/\\/evil\\/\\) \\[click\\]\\(javascript\\:alert\\(1\\)\\) \\<img src\\=x onerror\\=alert\\(1\\)\\> "
+        "\\<script\\>alert\\(2\\)\\<\\/script\\>"
+    )
+    html = rendered(status)
+    assert "<img" not in html and "<a " not in html and "<script" not in html
+    assert "![x](http://evil/) [click](javascript:alert(1)) &lt;img src=x onerror=alert(1)&gt;" in html  # shown as typed
+
+
+def test_escape_markdown_flattens_and_shortens():
+    assert escape_markdown("a\n\n# b  *c*") == "a \\# b \\*c\\*"
+    assert escape_markdown("x" * 400) == "x" * 299 + "…"
+    assert escape_markdown("www.evil.com $$x$$") == "www\\.evil\\.com \\$\\$x\\$\\$"
+
+
+# -- (c) clear messages, no tracebacks, no server paths ------------------------------------------------------------
+def test_internal_errors_show_an_id_and_log_the_traceback(caplog):
+    def broken(prompt: str) -> str:
+        return {}[prompt]
+
+    with caplog.at_level(logging.ERROR, logger="sidesteer.app"), pytest.raises(gr.Error) as info:
+        user_errors(broken)("secret-key")
+    match = re.fullmatch(r"internal error; the server logged it as ([0-9a-f]{8})", info.value.message)
+    assert match, info.value.message
+    assert "secret-key" not in info.value.message
+    record = caplog.records[-1]
+    assert record.getMessage() == f"internal error {match.group(1)} in test_internal_errors_show_an_id_and_log_the_traceback.<locals>.broken"
+    assert record.exc_info[0] is KeyError
+
+
+def test_steering_error_messages_lose_server_paths(cb, tmp_path):
+    with pytest.raises(gr.Error) as info:
+        user_errors(cb.current_spec)("nope", 1, 1.0, "quick", None, {})
+    assert str(tmp_path) not in info.value.message
+    assert info.value.message == "vector: name: no vector 'nope' in 'registry'; available: up"
+    assert redact_paths("/tmp/gradio/3f2a/x.gguf: bad; see '/srv/app/registry' or C:\\Users\\me\\y.gguf") == "x.gguf: bad; see 'registry' or y.gguf"
+    assert redact_paths("cap min/max, 1/2, http://example.org/a/b, a / b") == "cap min/max, 1/2, http://example.org/a/b, a / b"
+
+
+def test_engine_dead_errors_become_a_retry_message():
+    def sweep() -> None:
+        raise EngineDeadError("engine: the vLLM engine died (RuntimeError('/opt/venv/lib/x.so'))")
+
+    with pytest.raises(gr.Error) as info:
+        user_errors(sweep)()
+    assert info.value.message == ENGINE_RESTARTING
+
+
+# -- (d) no analytics ----------------------------------------------------------------------------------------------
+def test_gradio_analytics_are_off(engine, registry):
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+    demo = build_demo(engine, registry)
+    assert demo.analytics_enabled is False
+    demo.close()
+
+
+# -- served: (c), (a) and (e) over HTTP ----------------------------------------------------------------------------
+def test_served_app_sends_security_headers_hides_paths_and_deletes_uploads(engine, registry, tmp_path):
+    with serve(engine, registry) as url:
+        for path in ("", "gradio_api/info", "config"):
+            response = httpx.get(url + path, timeout=60)
+            assert response.status_code == 200, path
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers[name] == value, (path, name)
+            assert "x-frame-options" not in response.headers  # Spaces embed the app in an iframe
+        assert SECURITY_HEADERS["Content-Security-Policy"] == "frame-ancestors 'self' https://huggingface.co https://*.hf.space"
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError) as info:
+            client.predict(prompt="hello", vector="nope", max_new_tokens=2, api_name="/compare")
+        assert str(registry.root) not in str(info.value) and "no vector 'nope' in 'registry'" in str(info.value)
+        name = f"upload-{uuid.uuid4().hex}.safetensors"
+        local = SteeringSpec.single(1, torch.ones(HIDDEN)).save(tmp_path / name)
+        mode, rows, status = client.predict(handle_file(str(local)), api_name="/import_spec")
+        assert mode == "editor" and rows["data"][0][0] == 1
+        assert list(gradio_upload_dir().rglob(name)) == []  # read into the session, then deleted from the server
+
+
+# -- 5: engine restarting ------------------------------------------------------------------------------------------
+class RestartingEngine:
+    """The tiny engine behind a vLLM-like status: "restarting" for a while, and streams that may die under a request."""
+
+    def __init__(self, engine, state: str, failures: int) -> None:
+        self._engine = engine
+        self.state = state
+        self.failures = failures
+
+    def status(self) -> str:
+        return self.state
+
+    def generate_stream(self, *args, **kwargs):
+        if self.failures:
+            self.failures -= 1
+            raise EngineDeadError("engine: the vLLM engine died (EOFError()); call restart() to rebuild it")
+        self.state = "ready"
+        return self._engine.generate_stream(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def compare_args(session=None):
+    return ("hello", "", "up", 1, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, session or {})
+
+
+def test_compare_says_engine_restarting_then_works_on_the_next_click(engine, registry, tmp_path):
+    fake = RestartingEngine(engine, "restarting", failures=1)
+    cb = Callbacks(fake, registry, tmp_path / "exports")
+    assert list(cb.compare(*compare_args())) == [notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS), notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS)]
+    assert ENGINE_RESTARTING_WAIT == "engine restarting — your request will run when it is back"
+    last = list(cb.compare(*compare_args()))[-1]
+    expected = engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(1, registry.get("up").vector, 2.0))[0]
+    assert last[1] == expected.text and last[3].startswith("4 tokens")
+
+
+def test_compare_waits_for_a_restarting_engine(engine, registry, tmp_path):
+    cb = Callbacks(RestartingEngine(engine, "restarting", failures=0), registry, tmp_path / "exports")
+    outputs = list(cb.compare(*compare_args()))
+    assert outputs[0] == notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS)  # shown while the call waits
+    assert outputs[-1][0] == engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=[None])[0].text
+
+
+def test_compare_on_a_dead_engine_says_so(engine, registry, tmp_path):
+    cb = Callbacks(RestartingEngine(engine, "dead", failures=0), registry, tmp_path / "exports")
+    with pytest.raises(SteeringError, match="engine: the model engine stopped and could not be restarted"):
+        list(cb.compare(*compare_args()))
