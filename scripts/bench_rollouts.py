@@ -13,16 +13,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from engine import GenerationConfig  # noqa: E402  (after the sys.path line)
-from engine.rollouts import (  # noqa: E402
+from engine import GenerationConfig
+from engine.rollouts import (
     DEFAULT_REGISTRY,
     RolloutSettings,
     build_variants,
@@ -31,7 +26,7 @@ from engine.rollouts import (  # noqa: E402
     record_seed,
     run_rollouts,
 )
-from vectors import VectorRegistry  # noqa: E402
+from vectors import VectorRegistry
 
 
 def main(argv: list[str] | None = None) -> int:

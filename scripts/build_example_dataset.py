@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
+from engine import GenerationConfig, HFSteerModel, mean_difference
+from engine.rollouts import load_dataset, vector_name
+from vectors import SteeringSpec, VectorRegistry
 
-from engine import GenerationConfig, HFSteerModel, mean_difference  # noqa: E402  (after the sys.path line)
-from engine.rollouts import load_dataset, vector_name  # noqa: E402
-from vectors import SteeringSpec, VectorRegistry  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent  # the defaults below are the repository's own files
 
 DATASET = "happy"
 

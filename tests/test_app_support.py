@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
 from collections.abc import Iterator
@@ -47,12 +46,11 @@ def one_vector_registry(directory: Path, hidden_size: int, name: str = "up") -> 
     return registry
 
 
-def load_app_script(module_name: str = "sidesteer_app_script"):
-    """``app.py`` loaded by path as a module (loading it builds nothing)."""
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_app_script():
+    """The app's command-line module, :mod:`app.cli` (``app.py`` and ``sidesteer app`` run it; importing it builds nothing)."""
+    import app.cli
+
+    return app.cli
 
 
 @contextmanager

@@ -14,11 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import benchmark
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from scripts import benchmark
+
     out = tmp_path / "bench.json"
     result = benchmark.main(
         [
@@ -75,11 +72,8 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
 
 
 def test_benchmark_without_hooks_runs_only_the_unsteered_configurations(tmp_path):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import benchmark
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from scripts import benchmark
+
     result = benchmark.main(
         [
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "4", "--input-len", "8", "--output-len", "4",

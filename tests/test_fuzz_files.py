@@ -31,7 +31,8 @@ from vectors import (
     export_gguf_control_vector_bytes,
     import_gguf_control_vector_bytes,
 )
-from vectors.spec_file import spec_from_bytes
+
+spec_from_bytes = SteeringSpec.from_bytes
 
 HIDDEN = 576
 CASES_PER_FORMAT = 1200

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringError, SteeringSpec, safetensors_io
-from vectors.spec_file import spec_from_bytes
+
+spec_from_bytes = SteeringSpec.from_bytes
 
 H = 16
 

@@ -20,7 +20,8 @@ from vectors import (
     import_gguf_control_vector,
     limits,
 )
-from vectors.spec_file import spec_from_bytes
+
+spec_from_bytes = SteeringSpec.from_bytes
 
 H = 16
 UNIT = torch.eye(H)[3]  # norm exactly 1

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from vectors import spec_file
 from vectors.errors import SteeringError, show
 from vectors.limits import (
     MAX_ABLATION_SCALE,
@@ -457,26 +458,57 @@ class SteeringSpec:
     # -- files (format in vectors.spec_file) ------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write this spec as one ``.safetensors`` spec file (atomic). Returns the path."""
-        from vectors.spec_file import save_spec
-
-        return save_spec(self, path)
+        target = spec_file.spec_file_path(path)  # the name is checked before anything is serialised
+        spec_file.write_spec_file(target, self.to_bytes())
+        return target
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringSpec:
         """Read a spec file written by :meth:`save` (validated; never unpickles)."""
-        from vectors.spec_file import load_spec
-
-        return load_spec(path)
+        return cls.from_bytes(spec_file.read_spec_file(path))
 
     def to_bytes(self) -> bytes:
-        """The spec file's bytes."""
-        from vectors.spec_file import spec_to_bytes
-
-        return spec_to_bytes(self)
+        """The spec file's bytes (validated first, so every file written can be read back)."""
+        self.validate()
+        layers = {index: _layer_to_file(layer) for index, layer in self.layers.items()}
+        return spec_file.encode_spec_file(layers, self.metadata.to_dict(), self.fingerprint())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SteeringSpec:
-        """Parse spec-file bytes (as uploaded)."""
-        from vectors.spec_file import spec_from_bytes
+        """Parse spec-file bytes (as uploaded): the file's checks (:mod:`vectors.spec_file`), then the spec's own.
 
-        return spec_from_bytes(data)
+        Raises:
+            SteeringError: Not a spec file, wrong format or version, a malformed or unknown header field, corrupt or
+                truncated data, a hash or fingerprint that does not match the content, or bad values (NaN, zero
+                directions, magnitudes beyond :mod:`vectors.limits`, ...). The message names the field.
+        """
+        content = spec_file.decode_spec_file(data)
+        metadata = SpecMetadata.from_dict(content.metadata)
+        spec = cls({index: _layer_from_file(index, layer) for index, layer in content.layers.items()}, metadata)
+        spec_file.check_fingerprint(content.fingerprint, spec.fingerprint())
+        return spec
+
+
+def _layer_to_file(layer: LayerSteeringSpec) -> dict[str, Any]:
+    """One layer as the plain values a spec file stores (see :class:`vectors.spec_file.SpecFileContent`)."""
+    cap, abl = layer.projection_cap, layer.ablation
+    return {
+        "vector": layer.vector,
+        "scale": layer.scale,
+        "projection_cap": None if cap is None else {"vector": cap.vector, "min": cap.min, "max": cap.max},
+        "ablation": None if abl is None else {"vector": abl.vector, "scale": abl.scale},
+    }
+
+
+def _layer_from_file(index: int, plain: dict[str, Any]) -> LayerSteeringSpec:
+    """The layer a spec file's plain values describe, checked; errors are prefixed with ``layers[index].``."""
+    cap, abl = plain["projection_cap"], plain["ablation"]
+    try:
+        return LayerSteeringSpec(
+            vector=plain["vector"],
+            scale=plain["scale"],
+            projection_cap=None if cap is None else ProjectionCapSpec(cap["vector"], cap["min"], cap["max"]),
+            ablation=None if abl is None else AblationSpec(abl["vector"], abl["scale"]),
+        )
+    except SteeringError as exc:
+        raise SteeringError(f"layers[{index}].{exc}") from exc

@@ -22,11 +22,18 @@ Tamper evidence: the ``sha256`` of every tensor and the ``fingerprint`` are requ
 file whose content does not match them is refused (always; there is no opt-out). An edited file is almost always a
 corrupted one, and the few legitimate edits (a new scale, say) are one ``SteeringSpec.save`` away. Metadata
 (``model_id``, ``description``) is not covered by the fingerprint and may be edited freely.
+
+This module knows the file, not the spec type: it turns plain layer values into bytes and checked bytes back into
+plain values (:class:`SpecFileContent`). :meth:`SteeringSpec.save`, :meth:`~SteeringSpec.load`,
+:meth:`~SteeringSpec.to_bytes` and :meth:`~SteeringSpec.from_bytes` in :mod:`vectors.spec` build on it, so imports
+run one way: ``vectors.spec -> vectors.spec_file``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,6 @@ from vectors.convention import LAYER_CONVENTION, OP_ORDER
 from vectors.errors import SteeringError, show
 from vectors.limits import MAX_LAYERS
 from vectors.safetensors_io import Container, atomic_write_bytes, encode, read_container, read_limited, tensor_sha256
-from vectors.spec import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringSpec
 
 SPEC_FORMAT = "sidesteer.steering_spec"
 SPEC_VERSION = 1
@@ -58,54 +64,76 @@ def tensor_name(index: int, op: str) -> str:
     return f"layers.{index}.vector" if op == "vector" else f"layers.{index}.{op}.vector"
 
 
-def spec_to_bytes(spec: SteeringSpec) -> bytes:
-    """Serialise a spec into spec-file bytes (validated first, so every file written can be read back)."""
-    if not isinstance(spec, SteeringSpec):
-        raise SteeringError(f"spec: expected a SteeringSpec, got {type(spec).__name__}")
-    spec.validate()
+@dataclass(frozen=True)
+class SpecFileContent:
+    """A spec file whose structure, tensor references and hashes are checked; its values are not checked yet.
+
+    ``layers`` maps a layer index to a plain layer, as :func:`encode_spec_file` takes it: ``{"vector": tensor or
+    None, "scale": ..., "projection_cap": {"vector": tensor, "min": ..., "max": ...} or None, "ablation":
+    {"vector": tensor, "scale": ...} or None}`` (float32 tensors read from the file, in place of tensor names).
+    """
+
+    layers: dict[int, dict[str, Any]]
+    metadata: dict[str, Any]  # model_id, hidden_size, description, as stored
+    fingerprint: str  # as recorded; see check_fingerprint
+
+
+def encode_spec_file(layers: Mapping[int, Mapping[str, Any]], metadata: Mapping[str, Any], fingerprint: str) -> bytes:
+    """Spec-file bytes from plain, already validated values.
+
+    Args:
+        layers: Layer index -> plain layer, in the form of :attr:`SpecFileContent.layers`.
+        metadata: ``model_id``, ``hidden_size`` and ``description``.
+        fingerprint: ``SteeringSpec.fingerprint()`` of the content.
+    """
     tensors: dict[str, torch.Tensor] = {}
-    layers: dict[str, Any] = {}
-    for index, layer in spec.layers.items():
-        entry: dict[str, Any] = {"vector": None, "scale": layer.scale, "projection_cap": None, "ablation": None}
-        if layer.vector is not None:
+    entries: dict[str, Any] = {}
+    for index, layer in layers.items():
+        entry: dict[str, Any] = {"vector": None, "scale": layer["scale"], "projection_cap": None, "ablation": None}
+        if layer["vector"] is not None:
             entry["vector"] = name = tensor_name(index, "vector")
-            tensors[name] = layer.vector
-        if layer.projection_cap is not None:
+            tensors[name] = layer["vector"]
+        cap, abl = layer["projection_cap"], layer["ablation"]
+        if cap is not None:
             name = tensor_name(index, "projection_cap")
-            tensors[name] = layer.projection_cap.vector
-            entry["projection_cap"] = {"vector": name, "min": layer.projection_cap.min, "max": layer.projection_cap.max}
-        if layer.ablation is not None:
+            tensors[name] = cap["vector"]
+            entry["projection_cap"] = {"vector": name, "min": cap["min"], "max": cap["max"]}
+        if abl is not None:
             name = tensor_name(index, "ablation")
-            tensors[name] = layer.ablation.vector
-            entry["ablation"] = {"vector": name, "scale": layer.ablation.scale}
-        layers[str(index)] = entry
+            tensors[name] = abl["vector"]
+            entry["ablation"] = {"vector": name, "scale": abl["scale"]}
+        entries[str(index)] = entry
     header = {
         "format": SPEC_FORMAT,
         "version": SPEC_VERSION,
-        "model_id": spec.metadata.model_id,
-        "hidden_size": spec.metadata.hidden_size,
-        "description": spec.metadata.description,
+        "model_id": metadata["model_id"],
+        "hidden_size": metadata["hidden_size"],
+        "description": metadata["description"],
         "layer_convention": LAYER_CONVENTION,
         "op_order": list(OP_ORDER),
-        "layers": layers,
+        "layers": entries,
         "sha256": {name: tensor_sha256(t) for name, t in tensors.items()},
-        "fingerprint": spec.fingerprint(),
+        "fingerprint": fingerprint,
     }
     return encode(tensors, METADATA_KEY, header)
 
 
-def save_spec(spec: SteeringSpec, path: str | Path) -> Path:
-    """Write ``spec`` to ``path`` atomically and return the path."""
+def spec_file_path(path: str | Path) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, after checking that it names a ``.safetensors`` file."""
     p = Path(path)
     if p.suffix != ".safetensors":
         raise SteeringError(f"path: spec files end in .safetensors, got {p.name!r}; rename it")
-    atomic_write_bytes(p, spec_to_bytes(spec))
     return p
 
 
-def load_spec(path: str | Path) -> SteeringSpec:
-    """Read and validate a spec file."""
-    return spec_from_bytes(read_limited(path, WHAT))
+def write_spec_file(path: Path, data: bytes) -> None:
+    """Write spec-file bytes to ``path`` atomically (a reader never sees half a file)."""
+    atomic_write_bytes(path, data)
+
+
+def read_spec_file(path: str | Path) -> bytes:
+    """The bytes of the spec file at ``path``, after checking it exists and is within the size limit."""
+    return read_limited(path, WHAT)
 
 
 def _check_keys(obj: Any, required: frozenset[str], optional: frozenset[str], where: str) -> dict[str, Any]:
@@ -181,29 +209,27 @@ def _check_hashes(hashes: Any, container: Container) -> None:
             )
 
 
-def _build_layer(entry: dict[str, Any], container: Container, index: int) -> LayerSteeringSpec:
+def _plain_layer(entry: dict[str, Any], container: Container) -> dict[str, Any]:
+    """A checked layer entry with its tensors read from the file in place of their names."""
+
     def tensor(name: str | None) -> torch.Tensor | None:
         return None if name is None else container.tensor(name)
 
     cap, abl = entry["projection_cap"], entry["ablation"]
-    try:
-        return LayerSteeringSpec(
-            vector=tensor(entry["vector"]),
-            scale=entry["scale"],
-            projection_cap=None if cap is None else ProjectionCapSpec(tensor(cap["vector"]), cap["min"], cap["max"]),
-            ablation=None if abl is None else AblationSpec(tensor(abl["vector"]), abl["scale"]),
-        )
-    except SteeringError as exc:
-        raise SteeringError(f"layers[{index}].{exc}") from exc
+    return {
+        "vector": tensor(entry["vector"]),
+        "scale": entry["scale"],
+        "projection_cap": None if cap is None else {"vector": tensor(cap["vector"]), "min": cap["min"], "max": cap["max"]},
+        "ablation": None if abl is None else {"vector": tensor(abl["vector"]), "scale": abl["scale"]},
+    }
 
 
-def spec_from_bytes(data: bytes) -> SteeringSpec:
-    """Parse and validate spec-file bytes.
+def decode_spec_file(data: bytes) -> SpecFileContent:
+    """Parse spec-file bytes and check everything about the file; the values are the spec's to check.
 
     Raises:
         SteeringError: Not a spec file, wrong format or version, a malformed or unknown header field, corrupt or
-            truncated data, a hash or fingerprint that does not match the content, or bad values (NaN, zero
-            directions, magnitudes beyond :mod:`vectors.limits`, ...). The message names the field.
+            truncated data, or a hash that does not match its tensor. The message names the field.
     """
     container = read_container(data, WHAT)
     header = container.metadata_json(METADATA_KEY, WHAT)
@@ -225,11 +251,17 @@ def spec_from_bytes(data: bytes) -> SteeringSpec:
         raise SteeringError(f"fingerprint: {show(fingerprint)} is not a sha256 hex digest; the file is corrupt, re-export it")
     entries = _parse_layers(header["layers"], container)
     _check_hashes(header["sha256"], container)
-    metadata = SpecMetadata(model_id=header.get("model_id"), hidden_size=header.get("hidden_size"), description=header.get("description"))
-    spec = SteeringSpec({index: _build_layer(entry, container, index) for index, entry in entries.items()}, metadata)
-    if spec.fingerprint() != fingerprint:
+    return SpecFileContent(
+        layers={index: _plain_layer(entry, container) for index, entry in entries.items()},
+        metadata={"model_id": header.get("model_id"), "hidden_size": header.get("hidden_size"), "description": header.get("description")},
+        fingerprint=fingerprint,
+    )
+
+
+def check_fingerprint(recorded: str, content: str) -> None:
+    """Refuse a file whose content's fingerprint is not the one it recorded (an edited or corrupted file)."""
+    if content != recorded:
         raise SteeringError(
-            f"fingerprint: the file's content does not match its recorded fingerprint ({fingerprint[:12]}..., content "
-            f"{spec.fingerprint()[:12]}...); the file was edited or corrupted; re-export it"
+            f"fingerprint: the file's content does not match its recorded fingerprint ({recorded[:12]}..., content "
+            f"{content[:12]}...); the file was edited or corrupted; re-export it"
         )
-    return spec
