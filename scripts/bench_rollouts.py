@@ -1,7 +1,7 @@
 """Benchmark: rollouts as one batch of per-request steered completions vs one generate call per variant.
 
 Both modes generate the same completions (same prompts, specs and per-record seeds; ``ignore_eos`` so every
-completion has exactly ``--max-new-tokens`` tokens). A third row times :func:`engine.rollouts.run_rollouts`
+completion has exactly ``--max-new-tokens`` tokens). A third row times :func:`rollouts.run_rollouts`
 end to end (batched, with JSONL writes and fsyncs).
 
 Usage::
@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from engine import GenerationConfig
-from engine.rollouts import (
+from rollouts import (
     DEFAULT_REGISTRY,
     RolloutSettings,
     build_variants,

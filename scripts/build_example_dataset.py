@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from engine import GenerationConfig, HFSteerModel, mean_difference
-from engine.rollouts import load_dataset, vector_name
+from rollouts import load_dataset, vector_name
 from vectors import SteeringSpec, VectorRegistry
 
 REPO = Path(__file__).resolve().parent.parent  # the defaults below are the repository's own files

@@ -1,9 +1,10 @@
 """sidesteer: side-by-side activation steering. The public API in one import, and the ``sidesteer`` command.
 
-Import from here: ``from sidesteer import SteeringSpec, HFSteerModel, VectorRegistry``. The names live in the three
+Import from here: ``from sidesteer import SteeringSpec, HFSteerModel, VectorRegistry``. The names live in the
 packages of the design, installed beside this one under their own top-level names: ``vectors`` (what a steering
 setup *is*) <- ``engine`` (how a model is steered) <- ``app`` (the Gradio UI, reached through ``sidesteer app``, not
-re-exported here: it imports gradio). Those three names are generic, so before anything is imported this package
+re-exported here: it imports gradio) and ``rollouts`` (steered rollouts at scale, reached through ``sidesteer
+rollouts``). Those names are generic, so before anything is imported this package
 checks that ``vectors`` and ``engine`` resolve to its own installation, not to a package of yours that comes earlier
 on ``sys.path`` (see :func:`check_own_package`).
 

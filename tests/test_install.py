@@ -23,7 +23,7 @@ import vectors
 from sidesteer import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = {"sidesteer", "vectors", "engine", "app"}
+PACKAGES = {"sidesteer", "vectors", "engine", "app", "rollouts"}
 NOT_INSTALLED = {"tests", "bench"}  # packages of the checkout that stay out of the wheel (bench: measurement only)
 
 
@@ -119,12 +119,12 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
-def test_wheel_holds_the_four_packages_and_the_command(wheel):
+def test_wheel_holds_the_five_packages_and_the_command(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == PACKAGES | {"sidesteer-0.1.0.dist-info"}
     checkout = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert checkout - NOT_INSTALLED <= PACKAGES, "a package of the checkout is missing from pyproject.toml's list"
-    assert {"sidesteer/commands/rollouts.py", "vectors/spec_file.py", "engine/vllm_worker.py", "app/ui.py"} <= set(names)
+    assert {"sidesteer/commands/rollouts.py", "rollouts/run.py", "vectors/spec_file.py", "engine/vllm_worker.py", "app/ui.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     entry_points = zipfile.ZipFile(wheel).read("sidesteer-0.1.0.dist-info/entry_points.txt").decode()
     assert entry_points.split() == ["[console_scripts]", "sidesteer", "=", "sidesteer.cli:main"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +14,10 @@ import pytest
 import torch
 
 from engine import GenerationConfig
-from engine.rollouts import (
+from engine.errors import EngineDeadError
+from rollouts import (
+    DEFAULT_DATASET_ROOT,
+    DEFAULT_REGISTRY,
     RECORD_FIELDS,
     RolloutFile,
     RolloutSettings,
@@ -24,6 +31,7 @@ from engine.rollouts import (
 from scripts.generate_behavior_rollouts import main as cli_main
 from vectors import SteeringError, VectorRegistry
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
     {"id": "chat-a", "messages": [{"role": "user", "content": "Tell me about your day."}]},
     {"id": "raw-b", "prompt": "When I woke up this morning, I felt"},
@@ -80,6 +88,52 @@ def cli_args(data: Path, registry: VectorRegistry, out: Path, *extra: str, datas
 
 def by_key(records: list[dict]) -> dict:
     return {record_key(r): r for r in records}
+
+
+# -- the package ------------------------------------------------------------------------------------------------
+def imported_packages(path: Path) -> set[str]:
+    """The top-level names a module imports anywhere (imports inside functions too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_rollouts_is_an_application_of_the_engine():
+    """vectors <- engine <- rollouts: neither engine nor vectors imports rollouts; rollouts imports no UI."""
+    files = sorted((ROOT / "rollouts").glob("*.py"))
+    assert {p.name for p in files} >= {"__init__.py", "datasets.py", "variants.py", "plan.py", "records.py", "manifest.py", "sharding.py", "run.py"}
+    uses = set().union(*(imported_packages(p) for p in files))
+    assert {"engine", "vectors"} <= uses and uses.isdisjoint({"app", "gradio", "sidesteer", "bench"})
+    below = [p for package in ("vectors", "engine") for p in sorted((ROOT / package).rglob("*.py"))]
+    assert [str(p.relative_to(ROOT)) for p in below if "rollouts" in imported_packages(p)] == []
+    assert not (ROOT / "engine" / "rollouts.py").exists()
+    too_long = {p.name: n for p in files if (n := len(p.read_text().splitlines())) >= 270}
+    assert too_long == {}  # one concept a file keeps each one short
+
+
+def test_default_paths_are_the_checkouts_example_data():
+    assert (DEFAULT_DATASET_ROOT, DEFAULT_REGISTRY) == (ROOT / "datasets", ROOT / "registry" / "smollm2")
+    assert load_dataset("happy").path == ROOT / "datasets" / "happy" / "prompts.jsonl"
+    assert {"happy.trained", "happy.activation"} <= set(VectorRegistry(DEFAULT_REGISTRY).names())
+
+
+def test_a_rollouts_package_of_yours_stops_the_command(tmp_path):
+    """``rollouts`` is a generic top-level name: one of yours first on sys.path must not run in sidesteer's place."""
+    (tmp_path / "rollouts").mkdir()
+    (tmp_path / "rollouts" / "__init__.py").write_text("raise RuntimeError('the user package ran')\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(ROOT)}
+    code = "from sidesteer.cli import main; main(['rollouts', '--help'])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"ImportError: sidesteer: 'rollouts' resolves to {tmp_path / 'rollouts' / '__init__.py'}, not to sidesteer's own "
+        f"{ROOT / 'rollouts'}; a module or package of yours named 'rollouts' comes first on sys.path. Rename it, or run "
+        "from a directory that does not hold it"
+    )
 
 
 # -- pure parts ---------------------------------------------------------------------------------------------------
@@ -218,6 +272,49 @@ def test_kill_and_resume_loses_and_duplicates_nothing(hf_default, setup):
     assert cli_main(cli_args(data, registry, tmp := out.parent / "clean"), model=hf_default) == 0
     clean = by_key(read_records(tmp / "tiny" / "rollouts.jsonl"))
     assert {k: r["text"] for k, r in by_key(resumed).items()} == {k: r["text"] for k, r in clean.items()}
+
+
+class DiesUnderBatch:
+    """A model proxy whose ``call``-th generate fails as if the engine died under the batch; ``status()`` then says
+    ``status`` (the vLLM backend: "restarting" while it rebuilds, "dead" with auto_restart off)."""
+
+    def __init__(self, model, call: int, status: str = "restarting") -> None:
+        self.model, self.call, self.after = model, call, status
+        self.calls, self.state = 0, "ready"
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def status(self) -> str:
+        return self.state
+
+    def generate(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.call:
+            self.state = self.after
+            raise EngineDeadError("engine: the vLLM engine died during the call (RuntimeError('killed')); a new one is starting: retry the call")
+        self.state = "ready"
+        return self.model.generate(*args, **kwargs)
+
+
+@pytest.mark.slow
+def test_batch_the_engine_died_under_is_sent_again(hf_default, setup):
+    data, registry, out = setup
+    dataset = load_dataset("tiny", data)
+    settings = RolloutSettings(rollouts=2, max_new_tokens=8, temperature=0.0, trained_scales=[1.0], batch_size=3)
+    reference = run_rollouts(hf_default, [dataset], registry, settings, out / "reference", progress=False)
+    proxy = DiesUnderBatch(hf_default, call=2)
+    summary = run_rollouts(proxy, [dataset], registry, settings, out / "retried", progress=False)
+    assert (reference.batches, summary.batches, summary.engine_retries, proxy.calls) == (3, 3, 1, 4)
+    assert read_records(out / "retried" / "tiny" / "rollouts.jsonl") == read_records(out / "reference" / "tiny" / "rollouts.jsonl")
+    assert json.loads((out / "retried" / "tiny" / "manifest.json").read_text())["runs"][-1]["status"] == "complete"
+    # An engine that stays dead is not retried: the error ends the run (a rerun resumes it).
+    dead = DiesUnderBatch(hf_default, call=2, status="dead")
+    with pytest.raises(EngineDeadError, match="engine: the vLLM engine died"):
+        run_rollouts(dead, [dataset], registry, settings, out / "dead", progress=False)
+    assert dead.calls == 2 and len(read_records(out / "dead" / "tiny" / "rollouts.jsonl")) == 3
+    with pytest.raises(SteeringError, match="engine_retries: -1 must be an integer >= 0"):
+        RolloutSettings(engine_retries=-1)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Each dataset ``NAME`` (``datasets/NAME/prompts.jsonl`` or ``datasets/NAME.jsonl``) uses the registry vectors
 ``NAME.trained`` and ``NAME.activation``. Output: ``OUTPUT_ROOT/NAME/rollouts.jsonl`` plus ``manifest.json``;
-rerunning the same command resumes. See docs/ROLLOUTS.md and engine/rollouts.py.
+rerunning the same command resumes. See docs/ROLLOUTS.md and the rollouts package.
 
 Example (``sidesteer rollouts`` or, from a checkout, ``python scripts/generate_behavior_rollouts.py``)::
 
@@ -17,7 +17,13 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.rollouts import (
+from sidesteer import check_own_package
+
+# ``rollouts`` is a top-level name a user's own package may also have: make sure it is sidesteer's before importing it
+# (the same check ``import sidesteer`` makes for vectors and engine).
+check_own_package("rollouts")
+
+from rollouts import (  # noqa: E402
     DEFAULT_DATASET_ROOT,
     DEFAULT_REGISTRY,
     RolloutSettings,
@@ -27,8 +33,8 @@ from engine.rollouts import (
     partition,
     run_rollouts,
 )
-from sidesteer.commands import project_root
-from vectors import SteeringError, VectorRegistry
+from sidesteer.commands import project_root  # noqa: E402
+from vectors import SteeringError, VectorRegistry  # noqa: E402
 
 log = logging.getLogger("sidesteer.rollouts")
 
