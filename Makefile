@@ -33,6 +33,7 @@ test: setup browser
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache build sidesteer.egg-info

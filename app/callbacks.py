@@ -45,7 +45,17 @@ from vectors.registry import VectorEntry, validate_name
 
 logger = logging.getLogger("sidesteer.app")
 
-REGISTRY_COLUMNS = ["name", "model", "hidden size", "suggested layer", "suggested scale", "norm", "method", "description", "stored"]
+REGISTRY_COLUMNS = [
+    "name",
+    "model",
+    "hidden size",
+    "suggested layer",
+    "suggested scale",
+    "norm",
+    "method",
+    "description",
+    "stored",
+]
 SWEEP_COLUMNS = ["scale factor", "tokens", "completion"]
 MAX_SWEEP_SCALES = AppLimits().max_sweep_points
 SPEC_SUFFIXES = (".safetensors", ".gguf")
@@ -167,7 +177,16 @@ class Callbacks:
     def _named_tensors(self, session: SessionVectors | None) -> dict[str, torch.Tensor]:
         return {name: entry.vector for name, entry in self.known_vectors(session)}
 
-    def current_spec(self, vector: str | None, layer: Any, scale: Any, steering_mode: str, editor: Any, session: SessionVectors | None, description: str = "") -> SteeringSpec:
+    def current_spec(
+        self,
+        vector: str | None,
+        layer: Any,
+        scale: Any,
+        steering_mode: str,
+        editor: Any,
+        session: SessionVectors | None,
+        description: str = "",
+    ) -> SteeringSpec:
         """The spec the controls describe: quick mode (one vector) or the multi-layer editor; checked against the model."""
         metadata = SpecMetadata(model_id=self.engine.model_id, hidden_size=self.engine.hidden_size, description=description)
         source = VectorSource(self.registry, session or {})
@@ -187,7 +206,9 @@ class Callbacks:
 
     def check_prompt(self, request: Prompt) -> None:
         """Refuse a prompt over the token limit (counted with the chat template) before it reaches the engine."""
-        self.limits.check("max_prompt_tokens", len(self.engine.encode_prompt(request)), "prompt", "shorten the prompt or the system prompt")
+        self.limits.check(
+            "max_prompt_tokens", len(self.engine.encode_prompt(request)), "prompt", "shorten the prompt or the system prompt"
+        )
 
     def config(self, n: int, max_new_tokens: Any, temperature: Any, top_p: Any, seed: Any) -> GenerationConfig:
         """Sampling settings with one shared seed for all ``n`` rows: baseline and steered draw the same random numbers."""
@@ -251,7 +272,9 @@ class Callbacks:
         panes = [Pane() for _ in SIDES]
         stream = None
         try:
-            stream = self.engine.generate_stream([request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES])
+            stream = self.engine.generate_stream(
+                [request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES]
+            )
             for event in stream:
                 panes[event.index].push(event)
                 yield tuple(p.text for p in panes) + tuple(p.stats() for p in panes)
@@ -298,7 +321,16 @@ class Callbacks:
         return [[factor, out.num_tokens, out.text] for factor, out in zip(factors, outputs, strict=True)]
 
     # -- spec files ------------------------------------------------------------------------------------------------
-    def export_spec(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, session: SessionVectors | None = None) -> str:
+    def export_spec(
+        self,
+        vector: str | None,
+        layer: float,
+        scale: float,
+        steering_mode: str,
+        editor: Any,
+        description: str,
+        session: SessionVectors | None = None,
+    ) -> str:
         """Export the current steering setup as a sidesteer spec file (.safetensors).
 
         Returns:
@@ -307,7 +339,16 @@ class Callbacks:
         spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
         return str(spec.save(self.exports.new_path(f"spec-{spec.fingerprint()[:12]}.safetensors")))
 
-    def export_gguf(self, vector: str | None, layer: float, scale: float, steering_mode: str, editor: Any, description: str, session: SessionVectors | None = None) -> str:
+    def export_gguf(
+        self,
+        vector: str | None,
+        layer: float,
+        scale: float,
+        steering_mode: str,
+        editor: Any,
+        description: str,
+        session: SessionVectors | None = None,
+    ) -> str:
         """Export the current setup's add vectors as a llama.cpp control vector (.gguf; layer L becomes direction.L+1).
 
         Returns:
@@ -319,7 +360,9 @@ class Callbacks:
     def _read_upload(self, path: Path) -> SteeringSpec:
         """The spec in an uploaded file, checked against the limits and the loaded model."""
         if path.suffix.lower() not in SPEC_SUFFIXES:
-            raise SteeringError(f"file: {path.name!r} is neither a .safetensors spec file nor a .gguf control vector; pick one of those")
+            raise SteeringError(
+                f"file: {path.name!r} is neither a .safetensors spec file nor a .gguf control vector; pick one of those"
+            )
         if not path.is_file():
             raise SteeringError(f"file: {path.name!r} is no longer on the server; upload it again")
         self.limits.check_upload(path)
@@ -359,7 +402,9 @@ class Callbacks:
             status += f"; {escape_markdown(spec.metadata.description)}"
         return "editor", rows, {**kept, **vectors}, status
 
-    def quick_to_editor(self, vector: str | None, layer: float, scale: float, session: SessionVectors | None = None) -> tuple[str, Rows]:
+    def quick_to_editor(
+        self, vector: str | None, layer: float, scale: float, session: SessionVectors | None = None
+    ) -> tuple[str, Rows]:
         """Copy the quick-mode setup into the spec editor (to add more layers or ops)."""
         spec = self.current_spec(vector, layer, scale, "quick", None, session)
         return "editor", spec_to_rows(spec, self._named_tensors(session))[0]
@@ -377,7 +422,17 @@ class Callbacks:
             Rows of (name, model, hidden size, suggested layer, suggested scale, norm, method, description, stored).
         """
         return [
-            [name, e.model_id or "", e.hidden_size, e.suggested_layer, e.suggested_scale, round(e.norm, 3), e.method, e.description, self._stored(name)]
+            [
+                name,
+                e.model_id or "",
+                e.hidden_size,
+                e.suggested_layer,
+                e.suggested_scale,
+                round(e.norm, 3),
+                e.method,
+                e.description,
+                self._stored(name),
+            ]
             for name, e in self.known_vectors(session)
         ]
 
@@ -402,7 +457,9 @@ class Callbacks:
             return {"name": name, "hidden_size": entry.numel(), "norm": float(entry.norm()), "stored": "this session"}
         return {**self._public(entry, name), "stored": self._stored(name)}
 
-    def vector_defaults(self, name: str | None, layer: float, scale: float, session: SessionVectors | None = None) -> tuple[int, float]:
+    def vector_defaults(
+        self, name: str | None, layer: float, scale: float, session: SessionVectors | None = None
+    ) -> tuple[int, float]:
         """Quick-mode layer and scale for a vector: its suggested layer and ``extra.suggested_scale`` when set."""
         if not name:
             return _int(layer, "layer"), float(scale)
@@ -428,7 +485,9 @@ class Callbacks:
         if self.read_only:
             raise SteeringError(READ_ONLY_DELETE.format(name=name))
         if self.registry.is_shipped(name):
-            raise SteeringError(f"delete: {name!r} ships with the app (a read-only folder), so it cannot be deleted; only vectors created on this server can")
+            raise SteeringError(
+                f"delete: {name!r} ships with the app (a read-only folder), so it cannot be deleted; only vectors created on this server can"
+            )
         self.registry.remove(name)
         return f"Deleted **{escape_markdown(name)}**.", session
 
@@ -474,7 +533,13 @@ class Callbacks:
         extra: dict[str, Any] = {"num_positive": len(positive), "num_negative": len(negative)}
         if suggested_scale not in (None, "", 0):  # a scale of 0 steers nothing, so 0 means "no suggestion"
             extra["suggested_scale"] = float(suggested_scale)
-        fields = {"description": description or "", "model_id": self.engine.model_id, "suggested_layer": layer_index, "method": "mean-diff", "extra": extra}
+        fields = {
+            "description": description or "",
+            "model_id": self.engine.model_id,
+            "suggested_layer": layer_index,
+            "method": "mean-diff",
+            "extra": extra,
+        }
         if self.read_only:
             session[key] = VectorEntry(name=name, vector=vector, **fields)
             return self._public(session[key], key), session

@@ -4,7 +4,6 @@
 (:func:`get_demo`). ``--help`` lists every option with its environment variable.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -60,8 +59,17 @@ def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None 
         description="sidesteer: side-by-side activation steering in the browser",
         epilog=f"On Hugging Face Spaces ($SPACE_ID is set) the app starts read-only unless {READ_ONLY_ENV}=0.",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default=env.get("SIDESTEER_BACKEND", "auto"), help="vllm (GPU), hf (transformers) or auto [env SIDESTEER_BACKEND]")
-    parser.add_argument("--model", default=env.get("SIDESTEER_MODEL", "default"), help="'default' (offline SmolLM2-135M-Instruct), a folder or a hub id [env SIDESTEER_MODEL]")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=env.get("SIDESTEER_BACKEND", "auto"),
+        help="vllm (GPU), hf (transformers) or auto [env SIDESTEER_BACKEND]",
+    )
+    parser.add_argument(
+        "--model",
+        default=env.get("SIDESTEER_MODEL", "default"),
+        help="'default' (offline SmolLM2-135M-Instruct), a folder or a hub id [env SIDESTEER_MODEL]",
+    )
     parser.add_argument(
         "--registry",
         default=None,
@@ -81,7 +89,13 @@ def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None 
     parser.add_argument("--port", type=int, default=default_port(), help="port (default 7860) [env GRADIO_SERVER_PORT]")
     for option in OPTIONS:
         default = getattr(limits, option.field)
-        parser.add_argument(option.flag, type=int, default=default, metavar="N", help=f"limit: {option.help} (default {getattr(AppLimits, option.field)}) [env {option.env}]")
+        parser.add_argument(
+            option.flag,
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"limit: {option.help} (default {getattr(AppLimits, option.field)}) [env {option.env}]",
+        )
     args = parser.parse_args(argv)
     args.registry = str(user_registry_dir(env, args.registry))
     return args
@@ -136,4 +150,3 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     _demo = create_demo(args)
     _demo.launch(**launch_kwargs(args.host, args.port, limits=limits_from_args(args)))
-

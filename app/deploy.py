@@ -64,7 +64,11 @@ def user_registry_dir(environ: Mapping[str, str], registry: str | None = None) -
         return Path(environ[REGISTRY_ENV]).expanduser()
     if environ.get(DATA_DIR_ENV):
         return Path(environ[DATA_DIR_ENV]).expanduser() / "registry"
-    data_home = Path(environ["XDG_DATA_HOME"]).expanduser() if environ.get("XDG_DATA_HOME") else Path(os.path.expanduser("~")) / ".local" / "share"
+    data_home = (
+        Path(environ["XDG_DATA_HOME"]).expanduser()
+        if environ.get("XDG_DATA_HOME")
+        else Path(os.path.expanduser("~")) / ".local" / "share"
+    )
     return data_home / "sidesteer" / "registry"
 
 

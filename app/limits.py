@@ -70,7 +70,9 @@ class AppLimits:
         for option in OPTIONS:
             value = getattr(self, option.field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SteeringError(f"{option.field}: {value!r} is not a positive integer; set {option.env} (or {option.flag}) to e.g. {getattr(AppLimits, option.field)}")
+                raise SteeringError(
+                    f"{option.field}: {value!r} is not a positive integer; set {option.env} (or {option.flag}) to e.g. {getattr(AppLimits, option.field)}"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AppLimits:
@@ -87,7 +89,9 @@ class AppLimits:
             try:
                 values[option.field] = int(raw)
             except ValueError as exc:
-                raise SteeringError(f"{option.env}: {raw!r} is not a whole number; set it to a positive integer such as {getattr(cls, option.field)}") from exc
+                raise SteeringError(
+                    f"{option.env}: {raw!r} is not a whole number; set it to a positive integer such as {getattr(cls, option.field)}"
+                ) from exc
         return cls(**values)
 
     def replace(self, **changes: int) -> AppLimits:

@@ -63,7 +63,9 @@ def default_port() -> int:
     return int(os.environ.get("GRADIO_SERVER_PORT") or DEFAULT_PORT)
 
 
-def launch_kwargs(host: str | None = None, port: int | None = None, *, limits: AppLimits | None = None, **overrides: Any) -> dict[str, Any]:
+def launch_kwargs(
+    host: str | None = None, port: int | None = None, *, limits: AppLimits | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch``.
 
     No share link; uploads capped at ``limits.max_upload_mb``; no ``allowed_paths`` (Gradio serves only its own cache,

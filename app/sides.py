@@ -62,5 +62,7 @@ class Pane:
     def stats(self, stopped: bool = False) -> str:
         """One line: tokens, seconds, tokens per second and why it ended."""
         rate = self.num_tokens / self.elapsed if self.elapsed > 0 else 0.0
-        state = {"stop": "finished", "length": "hit max tokens", "abort": "aborted"}.get(self.finish_reason or "", "stopped" if stopped else "generating…")
+        state = {"stop": "finished", "length": "hit max tokens", "abort": "aborted"}.get(
+            self.finish_reason or "", "stopped" if stopped else "generating…"
+        )
         return f"{self.num_tokens} tokens · {self.elapsed:.1f} s · {rate:.1f} tok/s · {state}"

@@ -136,16 +136,24 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
         scale = _number(cells[2], f"{where}, scale")
         cap = None
         if cap_name is not None:
-            cap = ProjectionCapSpec(source.get(cap_name, f"{where}, cap vector"), _number(cells[4], f"{where}, cap min"), _number(cells[5], f"{where}, cap max"))
+            cap = ProjectionCapSpec(
+                source.get(cap_name, f"{where}, cap vector"),
+                _number(cells[4], f"{where}, cap min"),
+                _number(cells[5], f"{where}, cap max"),
+            )
         elif not (_is_blank(cells[4]) and _is_blank(cells[5])):
             raise SteeringError(f"{where}: cap min/max are set but no cap vector is named; name one or clear the bounds")
         ablation = None
         if ablation_name is not None:
             ablation_scale = _number(cells[7], f"{where}, ablation scale")
-            ablation = AblationSpec(source.get(ablation_name, f"{where}, ablation vector"), 0.0 if ablation_scale is None else ablation_scale)
+            ablation = AblationSpec(
+                source.get(ablation_name, f"{where}, ablation vector"), 0.0 if ablation_scale is None else ablation_scale
+            )
         vector = None if vector_name is None else source.get(vector_name, f"{where}, vector")
         try:
-            layers[layer] = LayerSteeringSpec(vector=vector, scale=1.0 if scale is None else scale, projection_cap=cap, ablation=ablation)
+            layers[layer] = LayerSteeringSpec(
+                vector=vector, scale=1.0 if scale is None else scale, projection_cap=cap, ablation=ablation
+            )
         except SteeringError as exc:
             raise SteeringError(f"{where}: {exc}") from exc
     spec = SteeringSpec(layers, metadata or SpecMetadata())
@@ -154,7 +162,9 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
     return spec
 
 
-def spec_to_rows(spec: SteeringSpec, entries: Sequence[VectorEntry] | Mapping[str, torch.Tensor]) -> tuple[Rows, dict[str, torch.Tensor]]:
+def spec_to_rows(
+    spec: SteeringSpec, entries: Sequence[VectorEntry] | Mapping[str, torch.Tensor]
+) -> tuple[Rows, dict[str, torch.Tensor]]:
     """Editor rows for ``spec``; vectors equal to a known vector get its name, others a ``file:`` name.
 
     Args:
@@ -181,14 +191,16 @@ def spec_to_rows(spec: SteeringSpec, entries: Sequence[VectorEntry] | Mapping[st
     for index in spec.active_layers():
         layer = spec.layers[index]
         cap, ablation = layer.projection_cap, layer.ablation
-        rows.append([
-            index,
-            name_for(layer.vector, f"L{index}.vector"),
-            layer.scale if layer.vector is not None else None,
-            name_for(cap.vector if cap else None, f"L{index}.cap"),
-            cap.min if cap else None,
-            cap.max if cap else None,
-            name_for(ablation.vector if ablation else None, f"L{index}.ablation"),
-            ablation.scale if ablation else None,
-        ])
+        rows.append(
+            [
+                index,
+                name_for(layer.vector, f"L{index}.vector"),
+                layer.scale if layer.vector is not None else None,
+                name_for(cap.vector if cap else None, f"L{index}.cap"),
+                cap.min if cap else None,
+                cap.max if cap else None,
+                name_for(ablation.vector if ablation else None, f"L{index}.ablation"),
+                ablation.scale if ablation else None,
+            ]
+        )
     return rows, imported

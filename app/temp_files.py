@@ -62,7 +62,7 @@ class ExportFolder:
         folders = self.exports()
         now = time.time()
         stale = folders[: max(0, len(folders) - (self.keep - 1))]
-        stale += [p for p in folders[len(stale):] if now - p.stat().st_mtime > self.max_age_s]
+        stale += [p for p in folders[len(stale) :] if now - p.stat().st_mtime > self.max_age_s]
         for folder in stale:
             shutil.rmtree(folder, ignore_errors=True)
 

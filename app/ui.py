@@ -33,7 +33,9 @@ READ_ONLY_MODE = (
     "**Registry: read-only (public mode).** Nobody can change or delete the server's vectors; vectors you create on "
     "the Registry tab live only in this browser session (as `session:` names) and are gone when you close the page."
 )
-WRITABLE_MODE = "**Registry: writable.** Vectors you create are saved on the server; vectors shipped with the app cannot be deleted."
+WRITABLE_MODE = (
+    "**Registry: writable.** Vectors you create are saved on the server; vectors shipped with the app cannot be deleted."
+)
 
 INTRO = """# sidesteer: side-by-side activation steering
 Type a prompt, pick a steering vector (or build a multi-layer spec), press **Generate**: the same prompt runs
@@ -77,7 +79,14 @@ def build_demo(
     """
     limits = limits or AppLimits()
     export_dir = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="sidesteer-exports-"))
-    cb = Callbacks(engine, registry, export_dir, registry_writable=registry_writable, limits=limits, upload_dir=Path(upload_dir) if upload_dir else None)
+    cb = Callbacks(
+        engine,
+        registry,
+        export_dir,
+        registry_writable=registry_writable,
+        limits=limits,
+        upload_dir=Path(upload_dir) if upload_dir else None,
+    )
     names = cb.vector_names()
     first = names[0] if names else None
     default_layer, default_scale = cb.vector_defaults(first, engine.num_layers // 2, 4.0)
@@ -102,10 +111,23 @@ def build_demo(
                         elem_id="steering-mode",
                     )
                     with gr.Group():
-                        vector = gr.Dropdown(names, value=first, allow_custom_value=True, label="Vector", elem_id="vector", info="Registry vectors that fit the loaded model")
-                        layer = gr.Slider(0, engine.num_layers - 1, value=default_layer, step=1, precision=0, label="Layer", elem_id="layer")
-                        scale = gr.Slider(-SCALE_RANGE, SCALE_RANGE, value=default_scale, step=0.1, label="Scale", elem_id="scale")
-                    with gr.Accordion("Spec editor (multi-layer)", open=False, elem_id="spec-editor-accordion") as editor_accordion:
+                        vector = gr.Dropdown(
+                            names,
+                            value=first,
+                            allow_custom_value=True,
+                            label="Vector",
+                            elem_id="vector",
+                            info="Registry vectors that fit the loaded model",
+                        )
+                        layer = gr.Slider(
+                            0, engine.num_layers - 1, value=default_layer, step=1, precision=0, label="Layer", elem_id="layer"
+                        )
+                        scale = gr.Slider(
+                            -SCALE_RANGE, SCALE_RANGE, value=default_scale, step=0.1, label="Scale", elem_id="scale"
+                        )
+                    with gr.Accordion(
+                        "Spec editor (multi-layer)", open=False, elem_id="spec-editor-accordion"
+                    ) as editor_accordion:
                         gr.Markdown(EDITOR_HELP)
                         editor = gr.Dataframe(
                             headers=COLUMNS,
@@ -118,10 +140,22 @@ def build_demo(
                         )
                         to_editor = gr.Button("Copy quick setup into the editor", size="sm", elem_id="quick-to-editor")
                     with gr.Accordion("Sampling", open=False):
-                        max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(DEFAULT_NEW_TOKENS, limits.max_new_tokens), step=1, precision=0, label="Max new tokens", elem_id="max-new-tokens")
-                        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
+                        max_new_tokens = gr.Slider(
+                            1,
+                            limits.max_new_tokens,
+                            value=min(DEFAULT_NEW_TOKENS, limits.max_new_tokens),
+                            step=1,
+                            precision=0,
+                            label="Max new tokens",
+                            elem_id="max-new-tokens",
+                        )
+                        temperature = gr.Slider(
+                            0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature"
+                        )
                         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
-                        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (shared by both sides; empty = random)", elem_id="seed")
+                        seed = gr.Number(
+                            value=0, precision=0, minimum=0, label="Seed (shared by both sides; empty = random)", elem_id="seed"
+                        )
                     with gr.Row():
                         generate = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -130,41 +164,75 @@ def build_demo(
                         texts, stats = [], []
                         for side in SIDES:
                             with gr.Column():
-                                texts.append(gr.Textbox(label=side.label, lines=14, max_lines=30, interactive=False, elem_id=side.elem_id))
+                                texts.append(
+                                    gr.Textbox(label=side.label, lines=14, max_lines=30, interactive=False, elem_id=side.elem_id)
+                                )
                                 stats.append(gr.Markdown(label=f"{side.key}_stats", show_label=False, elem_id=side.stats_elem_id))
         with gr.Tab("Sweep", id="sweep"):
-            gr.Markdown("Runs the Compare tab's prompt and steering at several **scale factors** (they multiply every add scale) in one batch, same seed for all.")
+            gr.Markdown(
+                "Runs the Compare tab's prompt and steering at several **scale factors** (they multiply every add scale) in one batch, same seed for all."
+            )
             with gr.Row():
                 scales = gr.Textbox(value="-2, -1, 0, 1, 2", label="Scale factors", elem_id="sweep-scales", scale=4)
                 sweep_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run", scale=1)
-            sweep_grid = gr.Dataframe(headers=SWEEP_COLUMNS, type="array", wrap=True, interactive=False, column_widths=["10%", "8%", "82%"], elem_id="sweep-grid")
+            sweep_grid = gr.Dataframe(
+                headers=SWEEP_COLUMNS,
+                type="array",
+                wrap=True,
+                interactive=False,
+                column_widths=["10%", "8%", "82%"],
+                elem_id="sweep-grid",
+            )
         with gr.Tab("Spec files", id="spec-files"):
             with gr.Row():
                 with gr.Column():
-                    gr.Markdown("### Export\nThe current Compare setup as a sidesteer spec file, or its add vectors as a llama.cpp control vector.")
+                    gr.Markdown(
+                        "### Export\nThe current Compare setup as a sidesteer spec file, or its add vectors as a llama.cpp control vector."
+                    )
                     description = gr.Textbox(value="", label="Description (stored in the file)", elem_id="export-description")
                     with gr.Row():
                         export_button = gr.Button("Export spec (.safetensors)", elem_id="export-spec")
                         export_gguf_button = gr.Button("Export GGUF control vector", elem_id="export-gguf")
                     export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
                 with gr.Column():
-                    gr.Markdown("### Import\nA spec file or GGUF control vector: validated against the loaded model, then loaded into the spec editor.")
+                    gr.Markdown(
+                        "### Import\nA spec file or GGUF control vector: validated against the loaded model, then loaded into the spec editor."
+                    )
                     import_file = gr.File(label="Upload", file_types=list(SPEC_SUFFIXES), type="filepath", elem_id="import-file")
                     import_status = gr.Markdown(latex_delimiters=NO_LATEX, elem_id="import-status")
         with gr.Tab("Registry", id="registry"):
-            registry_table = gr.Dataframe(headers=REGISTRY_COLUMNS, type="array", wrap=True, interactive=False, label="Vectors fitting the loaded model", elem_id="registry-table")
+            registry_table = gr.Dataframe(
+                headers=REGISTRY_COLUMNS,
+                type="array",
+                wrap=True,
+                interactive=False,
+                label="Vectors fitting the loaded model",
+                elem_id="registry-table",
+            )
             refresh = gr.Button("Refresh", size="sm", elem_id="registry-refresh")
             with gr.Row():
                 with gr.Column():
-                    registry_name = gr.Dropdown(names, value=first, allow_custom_value=True, label="Vector", elem_id="registry-name")
+                    registry_name = gr.Dropdown(
+                        names, value=first, allow_custom_value=True, label="Vector", elem_id="registry-name"
+                    )
                     details = gr.JSON(label="Details", elem_id="vector-details")
                     delete = gr.Button("Delete vector", variant="stop", elem_id="delete-vector")
                     registry_status = gr.Markdown(latex_delimiters=NO_LATEX, elem_id="registry-status")
                 with gr.Column():
-                    gr.Markdown("### Create a vector\nMean activation difference of two prompt lists (one prompt per line) at a layer.")
+                    gr.Markdown(
+                        "### Create a vector\nMean activation difference of two prompt lists (one prompt per line) at a layer."
+                    )
                     new_name = gr.Textbox(value="", label="Name", placeholder="e.g. polite", elem_id="new-name")
                     new_description = gr.Textbox(value="", label="Description", elem_id="new-description")
-                    new_layer = gr.Slider(0, engine.num_layers - 1, value=engine.num_layers // 2, step=1, precision=0, label="Layer", elem_id="new-layer")
+                    new_layer = gr.Slider(
+                        0,
+                        engine.num_layers - 1,
+                        value=engine.num_layers // 2,
+                        step=1,
+                        precision=0,
+                        label="Layer",
+                        elem_id="new-layer",
+                    )
                     with gr.Row():
                         positive = gr.Textbox(value="", label="Positive prompts", lines=6, elem_id="positive-prompts")
                         negative = gr.Textbox(value="", label="Negative prompts", lines=6, elem_id="negative-prompts")
@@ -177,7 +245,20 @@ def build_demo(
 
         # -- wiring ----------------------------------------------------------------------------------------------
         steering = [vector, layer, scale, steering_mode, editor]
-        request = [prompt, system_prompt, vector, layer, scale, max_new_tokens, temperature, top_p, seed, raw_completion, steering_mode, editor]
+        request = [
+            prompt,
+            system_prompt,
+            vector,
+            layer,
+            scale,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            raw_completion,
+            steering_mode,
+            editor,
+        ]
 
         @user_errors
         def refresh_choices(session: dict[str, Any]) -> tuple[Any, ...]:
@@ -194,22 +275,43 @@ def build_demo(
             **engine_bound,
         )
         stop.click(None, cancels=[compare_event])
-        vector.change(user_errors(cb.vector_defaults), [vector, layer, scale, session_vectors], [layer, scale], api_name="vector_defaults")
-        to_editor.click(user_errors(cb.quick_to_editor), [vector, layer, scale, session_vectors], [steering_mode, editor], api_name="quick_to_editor")
-        steering_mode.change(lambda mode: gr.Accordion(open=mode == "editor"), steering_mode, editor_accordion, api_visibility="private")
-        sweep_button.click(user_errors(cb.sweep), [*request, scales, session_vectors], sweep_grid, api_name="sweep", **engine_bound)
-        export_button.click(user_errors(cb.export_spec), [*steering, description, session_vectors], export_file, api_name="export_spec")
-        export_gguf_button.click(user_errors(cb.export_gguf), [*steering, description, session_vectors], export_file, api_name="export_gguf")
+        vector.change(
+            user_errors(cb.vector_defaults), [vector, layer, scale, session_vectors], [layer, scale], api_name="vector_defaults"
+        )
+        to_editor.click(
+            user_errors(cb.quick_to_editor),
+            [vector, layer, scale, session_vectors],
+            [steering_mode, editor],
+            api_name="quick_to_editor",
+        )
+        steering_mode.change(
+            lambda mode: gr.Accordion(open=mode == "editor"), steering_mode, editor_accordion, api_visibility="private"
+        )
+        sweep_button.click(
+            user_errors(cb.sweep), [*request, scales, session_vectors], sweep_grid, api_name="sweep", **engine_bound
+        )
+        export_button.click(
+            user_errors(cb.export_spec), [*steering, description, session_vectors], export_file, api_name="export_spec"
+        )
+        export_gguf_button.click(
+            user_errors(cb.export_gguf), [*steering, description, session_vectors], export_file, api_name="export_gguf"
+        )
         import_file.upload(
-            user_errors(cb.import_spec), [import_file, session_vectors], [steering_mode, editor, session_vectors, import_status], api_name="import_spec"
+            user_errors(cb.import_spec),
+            [import_file, session_vectors],
+            [steering_mode, editor, session_vectors, import_status],
+            api_name="import_spec",
         )
         refresh.click(user_errors(cb.list_vectors), session_vectors, registry_table, api_name="list_vectors").success(
             refresh_choices, session_vectors, choices, api_visibility="private"
         )
         registry_name.change(user_errors(cb.vector_details), [registry_name, session_vectors], details, api_name="vector_details")
-        delete.click(user_errors(cb.delete_vector), [registry_name, session_vectors], [registry_status, session_vectors], api_name="delete_vector").success(
-            refresh_choices, session_vectors, choices, api_visibility="private"
-        )
+        delete.click(
+            user_errors(cb.delete_vector),
+            [registry_name, session_vectors],
+            [registry_status, session_vectors],
+            api_name="delete_vector",
+        ).success(refresh_choices, session_vectors, choices, api_visibility="private")
         create.click(
             user_errors(cb.create_vector),
             [new_name, new_description, new_layer, positive, negative, new_scale, overwrite, session_vectors],

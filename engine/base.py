@@ -180,7 +180,9 @@ class SteerableModel(abc.ABC):
         """
         limits, context = self.limits, self.context_length
         if limits.max_prompts is not None and len(prompt_ids) > limits.max_prompts:
-            raise SteeringError(f"prompts: {len(prompt_ids)} prompts in one call is over the limit of {limits.max_prompts}; split the call")
+            raise SteeringError(
+                f"prompts: {len(prompt_ids)} prompts in one call is over the limit of {limits.max_prompts}; split the call"
+            )
         if limits.max_new_tokens is not None and config.max_new_tokens > limits.max_new_tokens:
             raise SteeringError(
                 f"max_new_tokens: {config.max_new_tokens} is over the limit of {limits.max_new_tokens}; ask for fewer tokens"
@@ -209,7 +211,9 @@ class SteerableModel(abc.ABC):
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise SteeringError(f"layer: {layer!r} is not an int; use a 0-based decoder layer 0..{self.num_layers - 1}")
         if not 0 <= layer < self.num_layers:
-            raise SteeringError(f"layer: {layer} is out of range for a model with {self.num_layers} layers; use 0..{self.num_layers - 1}")
+            raise SteeringError(
+                f"layer: {layer} is out of range for a model with {self.num_layers} layers; use 0..{self.num_layers - 1}"
+            )
         return layer
 
     def _check_vector(self, vector: Any, field_name: str, *, direction: bool = False) -> torch.Tensor:
@@ -244,7 +248,12 @@ class SteerableModel(abc.ABC):
         with self._state_lock:
             state = self._state.clone()
             current = state.layers.get(layer, LayerSteeringSpec())
-            fields = {"vector": current.vector, "scale": current.scale, "projection_cap": current.projection_cap, "ablation": current.ablation}
+            fields = {
+                "vector": current.vector,
+                "scale": current.scale,
+                "projection_cap": current.projection_cap,
+                "ablation": current.ablation,
+            }
             fields.update(changes)
             state.layers[layer] = LayerSteeringSpec(**fields)
             if state.layers[layer].is_empty():
@@ -255,7 +264,9 @@ class SteerableModel(abc.ABC):
         """Add ``scale * vector`` to layer ``layer``'s output residual stream."""
         self._update_layer(layer, vector=self._check_vector(vector, "vector"), scale=as_scalar(scale, "scale"))
 
-    def set_layer_projection_cap(self, layer: int, vector: torch.Tensor, cap_below: float | None = None, cap_above: float | None = None) -> None:
+    def set_layer_projection_cap(
+        self, layer: int, vector: torch.Tensor, cap_below: float | None = None, cap_above: float | None = None
+    ) -> None:
         """Clamp the projection onto ``vector``'s unit direction into ``[cap_below, cap_above]`` at ``layer``."""
         cap = ProjectionCapSpec(self._check_vector(vector, "projection_cap.vector", direction=True), cap_below, cap_above)
         self._update_layer(layer, projection_cap=cap)
@@ -336,7 +347,11 @@ class SteerableModel(abc.ABC):
         self._check_prompt_chars(prompt)
         if isinstance(prompt, str):
             return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-        if isinstance(prompt, Sequence) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt) and prompt:
+        if (
+            isinstance(prompt, Sequence)
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt)
+            and prompt
+        ):
             ids = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
@@ -357,9 +372,7 @@ class SteerableModel(abc.ABC):
         else:
             return
         if chars > limit * CHARS_PER_TOKEN_LIMIT:
-            raise SteeringError(
-                f"prompts: {chars} characters is far over the limit of {limit} prompt tokens; shorten the prompt"
-            )
+            raise SteeringError(f"prompts: {chars} characters is far over the limit of {limit} prompt tokens; shorten the prompt")
 
     def decode_all(self, sequences: list[list[int]], decode_text: bool = True) -> list[str]:
         """Text of each completion, special tokens skipped: one ``batch_decode`` call where the tokenizer has it (fast
@@ -382,7 +395,9 @@ class SteerableModel(abc.ABC):
             specs = [self.validate_spec(steering)] * num_prompts
         elif isinstance(steering, Sequence) and not isinstance(steering, (str, bytes)):
             if len(steering) != num_prompts:
-                raise SteeringError(f"steering: {len(steering)} specs for {num_prompts} prompts; pass one spec (or None) per prompt")
+                raise SteeringError(
+                    f"steering: {len(steering)} specs for {num_prompts} prompts; pass one spec (or None) per prompt"
+                )
             checked: dict[int, SteeringSpec] = {}  # id -> validated spec: a batch often repeats one spec object
             for s in steering:
                 if s is not None and id(s) not in checked:
@@ -403,13 +418,17 @@ class SteerableModel(abc.ABC):
             raise SteeringError(f"config: expected a GenerationConfig, got {type(config).__name__}")
         config.check_num_prompts(len(prompts))
         if self.limits.max_prompts is not None and len(prompts) > self.limits.max_prompts:
-            raise SteeringError(f"prompts: {len(prompts)} prompts in one call is over the limit of {self.limits.max_prompts}; split the call")
+            raise SteeringError(
+                f"prompts: {len(prompts)} prompts in one call is over the limit of {self.limits.max_prompts}; split the call"
+            )
         specs = self.resolve_steering(len(prompts), steering)
         ids = [self.encode_prompt(p) for p in prompts]
         self.check_request(ids, config)
         return ids, config, specs
 
-    def generate(self, prompts: Sequence[Prompt] | Prompt, config: GenerationConfig | None = None, *, steering: SteeringArg = None) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt] | Prompt, config: GenerationConfig | None = None, *, steering: SteeringArg = None
+    ) -> list[Generation]:
         """Generate completions in one batch, each prompt steered by its own spec.
 
         Args:
@@ -427,7 +446,9 @@ class SteerableModel(abc.ABC):
         ids, config, specs = self._prepare(prompts, config, steering)
         return self._generate(ids, config, specs)
 
-    def generate_stream(self, prompts: Sequence[Prompt] | Prompt, config: GenerationConfig | None = None, *, steering: SteeringArg = None) -> Iterator[StreamEvent]:
+    def generate_stream(
+        self, prompts: Sequence[Prompt] | Prompt, config: GenerationConfig | None = None, *, steering: SteeringArg = None
+    ) -> Iterator[StreamEvent]:
         """Like :meth:`generate` but yields :class:`StreamEvent` text increments as tokens arrive.
 
         Closing the generator stops generation.
@@ -477,7 +498,9 @@ class SteerableModel(abc.ABC):
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True
     ) -> list[Generation]: ...
 
-    def _generate_stream(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[StreamEvent]:
+    def _generate_stream(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
+    ) -> Iterator[StreamEvent]:
         for index, gen in enumerate(self._generate(prompt_ids, config, specs)):
             yield StreamEvent(index, gen.text, gen.token_ids, True, gen.finish_reason)
 
@@ -515,6 +538,6 @@ class IncrementalDecoder:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd") and not final:
             return ""
-        delta = text[len(self.text):] if text.startswith(self.text) else text
+        delta = text[len(self.text) :] if text.startswith(self.text) else text
         self.text = text
         return delta

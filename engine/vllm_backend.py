@@ -26,17 +26,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
-from engine.steering_ops import ROW_FIELDS, layer_rows, ops_used
+from engine.base import EngineStatus, Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
+from engine.errors import EngineDeadError
+from engine.steering_ops import ROW_FIELDS, check_rows, layer_rows, ops_used
+from engine.vllm_fast_start import WARMUP_TOKENS_ENV
+from engine.vllm_lifecycle import EngineLifecycle, EngineProcesses, Inbox, register_for_exit, unregister_for_exit
 from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
 from vectors import SteeringError, SteeringSpec
 
 EXTENSION = "engine.vllm_worker.SteeringWorkerExtension"
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+_LIFECYCLE_INIT = threading.Lock()  # makes each model's EngineLifecycle once
+REBUILD_WARMUP_TOKENS = 128  # dummy tokens of a CPU rebuild's warm-up (vLLM's own: max_num_batched_tokens, 4096)
 
 
-class EngineDeadError(SteeringError):
-    """The vLLM engine died; call ``restart()`` to rebuild it."""
+def _wake_engine_waiters(core: Any, exc: BaseException) -> None:
+    """Wake the loop thread wherever a dead engine left it blocked: in ``engine.step()`` (vLLM's output queue) or
+    in a ``collective_rpc`` (its utility futures; vLLM never fails them when the engine core dies)."""
+    outputs = getattr(core, "outputs_queue", None)
+    if outputs is not None:
+        outputs.put_nowait(exc)
+    for future in list((getattr(core, "utility_results", None) or {}).values()):
+        if not future.done():
+            try:
+                future.set_exception(exc)
+            except Exception:  # noqa: BLE001 - raced with vLLM's output thread setting it
+                pass
 
 
 @dataclass
@@ -65,6 +80,12 @@ class VLLMSteeringConfig:
         data_parallel_size: vLLM data parallelism (engine replicas).
         distributed_executor_backend: ``"mp"``, ``"ray"`` or None.
         engine_kwargs: More keyword arguments for ``vllm.LLM``.
+        auto_restart: When the engine dies (a process killed, a fatal error), the calls running fail with
+            ``EngineDeadError`` and a new engine with the same settings is started at once; the next calls wait for it
+            and run on it (the steering state is driver-side and carries over). False: every call fails until
+            ``restart()``.
+        restart_wait_s: How long a call waits for a rebuild under way before it fails (an engine start takes
+            ~100 s on a 2-core CPU; far less on a GPU with a warm compile cache).
     """
 
     model_name: str = "default"
@@ -84,14 +105,21 @@ class VLLMSteeringConfig:
     data_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    auto_restart: bool = True
+    restart_wait_s: float = 600.0
 
     def check(self) -> None:
         """Refuse settings that break the token alignment steering relies on."""
         if self.max_slots < 1:
             raise SteeringError(f"max_slots: {self.max_slots} must be >= 1")
+        wait = self.restart_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait > 0:
+            raise SteeringError(f"restart_wait_s: {wait!r} must be a positive number of seconds (e.g. 600)")
         unknown = set(self.ops) - {"add", "projection_cap", "ablation"}
         if unknown or not self.ops:
-            raise SteeringError(f"ops: {sorted(unknown) or 'empty'} — use a non-empty subset of 'add', 'projection_cap', 'ablation'")
+            raise SteeringError(
+                f"ops: {sorted(unknown) or 'empty'} — use a non-empty subset of 'add', 'projection_cap', 'ablation'"
+            )
         bad = {
             "enable_dbo": "dual-batch overlap splits batches into micro-batches the slot index does not follow",
             "speculative_config": "speculative decoding runs an unsteered draft model and verifies several tokens per step",
@@ -101,7 +129,11 @@ class VLLMSteeringConfig:
         }
         for key, why in bad.items():
             value = self.engine_kwargs.get(key)
-            on = value is True or (isinstance(value, int) and not isinstance(value, bool) and value > 1) or isinstance(value, (dict, str))
+            on = (
+                value is True
+                or (isinstance(value, int) and not isinstance(value, bool) and value > 1)
+                or isinstance(value, (dict, str))
+            )
             if on:
                 raise SteeringError(f"engine_kwargs.{key}: not supported with steering ({why}); remove it")
         comp = self.engine_kwargs.get("compilation_config")
@@ -128,6 +160,7 @@ class _Job:
     events: queue.Queue = field(default_factory=queue.Queue)
     requests: list[_Request] = field(default_factory=list)
     remaining: int = 0
+    failed: bool = False  # a request or spec of this call was refused; the rest of it is dropped
 
 
 class SlotManager:
@@ -184,7 +217,12 @@ def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, An
     out: dict[int, dict[str, Any]] = {}
     for layer in spec.active_layers():
         rows = layer_rows(spec.layers[layer], hidden_size)
-        out[layer] = {name: (rows[name].numpy().astype("<f4").tobytes() if rows[name].dim() else float(rows[name])) for name in ROW_FIELDS}
+        check_rows(
+            {name: rows[name].numpy() if rows[name].dim() else float(rows[name]) for name in ROW_FIELDS}, f"layers[{layer}]"
+        )
+        out[layer] = {
+            name: (rows[name].numpy().astype("<f4").tobytes() if rows[name].dim() else float(rows[name])) for name in ROW_FIELDS
+        }
     return out
 
 
@@ -199,7 +237,9 @@ class VLLMSteerModel(SteerableModel):
 
     backend = "vllm"
 
-    def __init__(self, config: VLLMSteeringConfig | None = None, bootstrap_layers: Sequence[int] | None = None, *, start: bool = True) -> None:
+    def __init__(
+        self, config: VLLMSteeringConfig | None = None, bootstrap_layers: Sequence[int] | None = None, *, start: bool = True
+    ) -> None:
         """``start=False`` builds everything but the engine (benchmarks read the engine arguments first); ``restart()``
         starts it."""
         from transformers import AutoConfig, AutoTokenizer
@@ -229,6 +269,11 @@ class VLLMSteerModel(SteerableModel):
         self._capture_lock = threading.Lock()
         if start:
             self._start()
+
+    def _context_length(self) -> int:
+        engine = getattr(self, "engine", None)
+        model_config = getattr(getattr(engine, "model_config", None), "max_model_len", None)
+        return int(model_config or self.config.max_model_len or (1 << 62))
 
     # -- engine lifecycle -----------------------------------------------------------------------------------------
     def _engine_args(self) -> dict[str, Any]:
@@ -270,81 +315,220 @@ class VLLMSteerModel(SteerableModel):
         return args
 
     def _start(self) -> None:
+        """Start an engine with this model's settings, its loop thread and its watchdog."""
         from vllm import LLM
 
         # Workers are spawned processes: they must be able to import this repository's `engine` package.
         path = os.environ.get("PYTHONPATH", "")
         if REPO_ROOT not in path.split(os.pathsep):
             os.environ["PYTHONPATH"] = REPO_ROOT + (os.pathsep + path if path else "")
-        self.llm = LLM(**self._engine_args())
+        register_for_exit(self)  # before the engine exists: a SIGTERM during start-up must not orphan its processes
+        args = self._engine_args()
+        same_as, blocks = getattr(self, "_kv_blocks", (None, None))
+        quick = bool(blocks) and same_as == repr(args) and not torch.cuda.is_available()
+        if quick:
+            # A CPU rebuild with unchanged settings: the KV cache the old engine had, so the full-size warm-up that
+            # sized it can be skipped (see engine/vllm_fast_start.py). The environment reaches the engine processes.
+            args.setdefault("num_gpu_blocks_override", blocks)
+            os.environ[WARMUP_TOKENS_ENV] = str(REBUILD_WARMUP_TOKENS)
+        try:
+            self.llm = LLM(**args)
+        finally:
+            if quick:
+                os.environ.pop(WARMUP_TOKENS_ENV, None)
         self.engine = self.llm.llm_engine
-        infos = self.engine.collective_rpc("steer_info")
-        self.worker_info = infos[0]
-        missing = set(self.bootstrap_layers) - set().union(*(set(i["layers"]) for i in infos))
-        if missing:
-            raise SteeringError(f"bootstrap_layers: workers did not hook layers {sorted(missing)}")
+        cache = getattr(getattr(self.engine, "vllm_config", None), "cache_config", None)
+        if not quick:  # what a CPU rebuild with the same settings reuses
+            self._kv_blocks = (repr(args), getattr(cache, "num_gpu_blocks", None))
+        manager = getattr(getattr(self.engine.engine_core, "resources", None), "engine_manager", None)
+        self._procs = EngineProcesses([p.pid for p in getattr(manager, "processes", None) or []])
+        try:
+            infos = self.engine.collective_rpc("steer_info")
+            self.worker_info = infos[0]
+            missing = set(self.bootstrap_layers) - set().union(*(set(i["layers"]) for i in infos))
+            if missing:
+                raise SteeringError(f"bootstrap_layers: workers did not hook layers {sorted(missing)}")
+        except BaseException:
+            self._kill_engine(grace_s=0)  # an engine this model cannot use must not keep running
+            self.llm = self.engine = None  # type: ignore[assignment]
+            raise
         self.slots = SlotManager(self.config.max_slots)
-        self._inbox: queue.Queue = queue.Queue()
+        inbox = self._inbox = Inbox()
         self._dead: BaseException | None = None
         self._stop = False
-        self._loop = threading.Thread(target=self._run_loop, name="sidesteer-vllm-loop", daemon=True)
+        self._loop = threading.Thread(target=self._loop_main, args=(inbox,), name="sidesteer-vllm-loop", daemon=True)
         self._loop.start()
-        threading.Thread(target=self._watch_engine, args=(self.engine,), name="sidesteer-vllm-watchdog", daemon=True).start()
+        watchdog = threading.Thread(
+            target=self._watch_engine, args=(self.engine, self._procs), name="sidesteer-vllm-watchdog", daemon=True
+        )
+        watchdog.start()
+        self._lifecycle().mark_started()
 
-    def _watch_engine(self, engine: Any) -> None:
-        """Turn a dead engine-core process into an error: vLLM's sync client would otherwise block forever."""
-        import time
+    def _lifecycle(self) -> EngineLifecycle:
+        """This model's rebuild bookkeeping (made on first use: ``__init__`` and ``restart()`` both get here)."""
+        life = self.__dict__.get("_life")
+        if life is None:
+            with _LIFECYCLE_INIT:
+                life = self.__dict__.setdefault("_life", EngineLifecycle())
+        return life
 
+    def _loop_main(self, inbox: Inbox) -> None:
+        """The loop thread: run the loop; when it ends (death or close), fail whatever is left for it, at once and
+        from then on, so no caller waits for a loop that is gone."""
+        try:
+            self._run_loop()
+        finally:
+            inbox.close(self._dead or EngineDeadError("engine: the vLLM engine was closed; call restart() to start it again"))
+
+    def _watch_engine(self, engine: Any, procs: EngineProcesses | None = None) -> None:
+        """Notice a dead engine (a process gone, a fatal error, the loop thread ended by an error), turn it into an
+        error for the callers (vLLM's sync client would otherwise block forever) and, with ``auto_restart``, start
+        the rebuild right away."""
         core = engine.engine_core
         resources = getattr(core, "resources", None)
-        manager = getattr(resources, "engine_manager", None)
         while self.engine is engine and not self._stop:
-            dead = bool(getattr(resources, "engine_dead", False))
-            procs = getattr(manager, "processes", None) or []
-            dead = dead or any(not p.is_alive() for p in procs)
-            if dead:
-                exc = RuntimeError("the vLLM engine-core process exited")
+            exc = self._dead
+            if exc is None and getattr(resources, "engine_dead", False):
+                exc = RuntimeError("the vLLM engine core failed")
+            if exc is None and procs is not None:
+                gone = procs.first_dead()
+                if gone is not None:
+                    exc = RuntimeError(f"the vLLM process {gone} exited")
+            if exc is not None:
+                if self._stop or self.engine is not engine:  # our own close(): vLLM's shutdown marks the core dead
+                    return
                 if self._dead is None:
                     self._dead = exc
-                outputs = getattr(core, "outputs_queue", None)
-                if outputs is not None:
-                    outputs.put_nowait(exc)  # wakes the loop thread blocked in engine.step()
+                _wake_engine_waiters(core, self._dead)
+                if self.config.auto_restart:
+                    self._lifecycle().rebuild_in_background(self._rebuild, lambda: self._dead)
                 return
             time.sleep(0.2)
 
-    def restart(self) -> None:
-        """Start the engine (after ``start=False``) or rebuild it (after it died); driver-side settings carry over."""
-        self.close()
-        self._start()
-
-    def close(self) -> None:
-        """Stop the loop thread and shut the engine down."""
-        if getattr(self, "_loop", None) is None:
-            return
-        self._stop = True
-        self._inbox.put(None)
-        self._loop.join(timeout=30)
-        self._loop = None
+    def _rebuild(self) -> None:
+        """Stop what is left of the engine and start a new one with the same settings (one at a time: the
+        lifecycle calls this). Driver-side state (tokenizer, converted model folder, steering state) is kept; the
+        new workers get slot contents again on first use; the compile cache makes the new engine's compile a load."""
         try:
-            self.engine.engine_core.shutdown()
-        except Exception:
-            pass
-        self.llm = self.engine = None  # type: ignore[assignment]
+            self._shutdown_engine(strict=True)
+            self._start()
+        except BaseException as exc:
+            if getattr(self, "_dead", None) is None:
+                self._dead = exc  # the next call must see a dead engine and try again
+            raise
+
+    def _shutdown_engine(self, strict: bool = False) -> None:
+        """Stop the loop thread and every process of the engine (a dead engine's survivors are killed at once).
+
+        Args:
+            strict: Raise if the loop thread does not stop (a rebuild must never run two loops on one model).
+        """
         import gc
 
+        loop, engine, procs = getattr(self, "_loop", None), getattr(self, "engine", None), getattr(self, "_procs", None)
+        if loop is None and engine is None:
+            return
+        self._stop = True
+        dead = getattr(self, "_dead", None)
+        if dead is not None:
+            if procs is not None:
+                procs.stop(grace_s=0)  # nothing to shut down gracefully; an orphaned worker would keep its RAM
+            if engine is not None:
+                _wake_engine_waiters(engine.engine_core, dead)
+        self._inbox.put(None)
+        if loop is not None:
+            loop.join(timeout=30)
+            if loop.is_alive():
+                if strict:
+                    raise RuntimeError("the previous engine's loop thread did not stop within 30 s")
+            else:
+                self._loop = None
+        if engine is not None:
+            try:
+                engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - a dead engine's client may fail to shut down; its processes are below
+                pass
+        if procs is not None:
+            procs.stop(grace_s=3.0)
+        self.llm = self.engine = None  # type: ignore[assignment]
         gc.collect()
+
+    def _kill_engine(self, grace_s: float = 2.0) -> None:
+        """End the engine's processes only (no threads, no locks): what a signal handler may do."""
+        procs = getattr(self, "_procs", None)
+        if procs is not None:
+            procs.stop(grace_s)
+
+    def restart(self) -> None:
+        """Start the engine (after ``start=False`` or ``close()``) or rebuild it now, after any rebuild under way.
+
+        Driver-side settings and the steering state carry over.
+
+        Raises:
+            EngineDeadError: The new engine failed to start (its error is the cause).
+        """
+        self._lifecycle().rebuild_now(self._rebuild, self.config.restart_wait_s)
+
+    def close(self) -> None:
+        """Stop the loop thread and the engine's processes; later calls fail until ``restart()``. Idempotent.
+
+        A rebuild under way finishes first (bounded by ``restart_wait_s``) and is then shut down.
+        """
+        life = self._lifecycle()
+        life.mark_closed()
+        life.wait_idle(self.config.restart_wait_s)
+        self._shutdown_engine()
+        unregister_for_exit(self)
+
+    def status(self) -> EngineStatus:
+        """``"ready"``; ``"restarting"`` while a new engine starts after the old one died (calls wait for it);
+        ``"dead"`` when the engine died and ``auto_restart`` is off, a rebuild failed (the next call tries again),
+        or after ``close()``."""
+        return self._lifecycle().status(getattr(self, "_dead", None), self.config.auto_restart)
 
     # -- loop thread (the only thread that touches the engine) ----------------------------------------------------
     def _call(self, fn: Any) -> Any:
-        """Run ``fn()`` on the loop thread between engine steps and return its result."""
+        """Run ``fn()`` on the loop thread between engine steps and return its result.
+
+        Raises:
+            EngineDeadError: The engine died before or during the call.
+        """
         self._raise_if_dead()
         fut: Future = Future()
         self._inbox.put(("call", fn, fut))
-        return fut.result()
+        try:
+            return fut.result()
+        except EngineDeadError:
+            raise
+        except Exception as exc:
+            dead = getattr(self, "_dead", None)
+            if dead is not None:
+                raise self._death_error(dead) from exc
+            raise
+
+    def _death_error(self, exc: BaseException) -> EngineDeadError:
+        """The error of a call the engine died under (its cause is ``exc``)."""
+        if self.config.auto_restart:
+            return EngineDeadError(
+                f"engine: the vLLM engine died during the call ({exc!r}); a new one is starting: retry the call"
+            )
+        return EngineDeadError(
+            f"engine: the vLLM engine died ({exc!r}); call restart() to rebuild it (VLLMSteeringConfig.auto_restart is off)"
+        )
 
     def _raise_if_dead(self) -> None:
-        if self._dead is not None:
-            raise EngineDeadError(f"engine: the vLLM engine died ({self._dead!r}); call restart() to rebuild it")
+        """Make sure a live engine takes the next call: at once when it is alive, else wait for the rebuild under way
+        or run one (``auto_restart``).
+
+        Raises:
+            EngineDeadError: The engine is dead and ``auto_restart`` is off (names ``restart()``), it was closed, the
+                rebuild failed (the next call tries again), or it did not finish within ``restart_wait_s``.
+        """
+        life = self._lifecycle()
+        if getattr(self, "_dead", None) is None and life.started and not (life.rebuilding or life.closed):
+            return  # the common case: attribute reads only
+        life.ensure_alive(lambda: getattr(self, "_dead", None), self._rebuild, auto_restart=self.config.auto_restart,
+                          wait_s=self.config.restart_wait_s)  # fmt: skip
 
     def _run_loop(self) -> None:
         pending: deque[_Request] = deque()
@@ -384,26 +568,46 @@ class VLLMSteerModel(SteerableModel):
                 # goes to the workers in ONE collective_rpc: each RPC waits for the engine core's current step, so
                 # one per spec (a 51-scale sweep) would stall the driver for 51 steps.
                 admitted: list[_Request] = []
-                uploads: dict[int, tuple[str, SteeringSpec]] = {}
+                uploads: dict[int, tuple[str, dict[int, dict[str, Any]]]] = {}
                 while pending:
                     req = pending[0]
                     if req.spec is not None:
-                        got = self.slots.acquire(req.key or req.spec.fingerprint())
+                        key = req.key or req.spec.fingerprint()
+                        got = self.slots.acquire(key)
                         if got is None:
                             break
                         req.slot, upload = got
                         if upload:
-                            uploads[req.slot] = (req.key or req.spec.fingerprint(), req.spec)
+                            try:
+                                uploads[req.slot] = (key, spec_payload(req.spec, self.hidden_size))
+                            except Exception as exc:  # noqa: BLE001 - this request's spec only: fail its call
+                                self.slots.release(req.slot)
+                                self.slots.forget(key)
+                                req.slot = 0
+                                pending = self._fail_job(req.job, exc, pending, running)
+                                continue
                     admitted.append(pending.popleft())
                 if uploads:
                     try:
                         self._write_slots(uploads)
-                    except BaseException:
+                    except Exception as exc:  # noqa: BLE001 - a refused write fails the calls that needed it
+                        if not self._engine_alive():
+                            for req in admitted:
+                                self.slots.release(req.slot)
+                            pending.extendleft(reversed(admitted))  # so the death error reaches their callers too
+                            raise
                         for req in admitted:
                             self.slots.release(req.slot)
-                        pending.extendleft(reversed(admitted))  # so the error below reaches their callers too
-                        raise
+                        needed = [r for r in admitted if r.slot in uploads]
+                        pending.extendleft(reversed([r for r in admitted if r.slot not in uploads]))
+                        for req in needed:
+                            req.slot = 0
+                            pending = self._fail_job(req.job, exc, pending, running)
+                        continue
                 for req in admitted:
+                    if req.job.failed:
+                        self.slots.release(req.slot)
+                        continue
                     # An unsteered request carries nothing (the workers read a missing slot as 0): it is a plain
                     # vLLM request, byte for byte.
                     if req.slot:
@@ -414,7 +618,14 @@ class VLLMSteerModel(SteerableModel):
                     prompt: dict[str, Any] = {"prompt_token_ids": req.prompt_ids}
                     if req.salt:
                         prompt["cache_salt"] = req.salt
-                    self.engine.add_request(req.rid, prompt, req.params)
+                    try:
+                        self.engine.add_request(req.rid, prompt, req.params)
+                    except Exception as exc:  # noqa: BLE001 - vLLM refused this request before it entered the engine
+                        if not self._engine_alive():
+                            raise
+                        self.slots.release(req.slot)
+                        pending = self._fail_job(req.job, exc, pending, running)
+                        continue
                     running[req.rid] = req
                 if running:
                     # One queue event per job per step (a list of updates), not one per request: a 1024-request
@@ -441,13 +652,38 @@ class VLLMSteerModel(SteerableModel):
                 pending.clear()
                 return
 
-    def _write_slots(self, uploads: dict[int, tuple[str, SteeringSpec]]) -> None:
-        """Send new slot contents (slot -> (fingerprint, spec)) to every worker in one RPC.
+    def _fail_job(self, job: _Job, exc: BaseException, pending: deque[_Request], running: dict[str, _Request]) -> deque[_Request]:
+        """Fail one call (its spec or a request of it was refused) and drop the rest of it; other calls go on.
+
+        Returns the pending queue without the job's requests (loop thread only).
+        """
+        if not job.failed:
+            job.failed = True
+            job.events.put(("failed", exc))
+        ids = [r.rid for r in job.requests if r.rid in running]
+        if ids:
+            self.engine.abort_request(ids)
+            for rid in ids:
+                self.slots.release(running.pop(rid).slot)
+        return deque(r for r in pending if r.job is not job)
+
+    def _engine_alive(self) -> bool:
+        """False once the engine is known dead (a process gone, vLLM's own flag, or the watchdog's verdict)."""
+        if getattr(self, "_dead", None) is not None:
+            return False
+        resources = getattr(getattr(self.engine, "engine_core", None), "resources", None)
+        if getattr(resources, "engine_dead", False):
+            return False
+        procs = getattr(self, "_procs", None)
+        return procs is None or procs.first_dead() is None
+
+    def _write_slots(self, uploads: dict[int, tuple[str, dict[int, dict[str, Any]]]]) -> None:
+        """Send new slot contents (slot -> (fingerprint, wire payload)) to every worker in one RPC.
 
         On failure the slots forget the contents they never received.
         """
         try:
-            payload = [(slot, spec_payload(spec, self.hidden_size)) for slot, (_, spec) in uploads.items()]
+            payload = [(slot, rows) for slot, (_, rows) in uploads.items()]
             self.engine.collective_rpc("steer_write_slots", args=(payload,))
         except BaseException:
             for key, _ in uploads.values():
@@ -495,14 +731,20 @@ class VLLMSteerModel(SteerableModel):
             params.skip_clone = True
         return params
 
-    def _submit(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False) -> _Job:
+    def _submit(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], stream: bool = False
+    ) -> _Job:
         self._raise_if_dead()
         job = _Job()
         for index, (ids, spec, key) in enumerate(zip(prompt_ids, specs, spec_keys(specs), strict=True)):
             if not ids:
                 raise SteeringError(f"prompts[{index}]: the prompt has no tokens; pass non-empty text")
             salt = None if key is None else cache_salt(key)
-            job.requests.append(_Request(f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt, key=key))
+            job.requests.append(
+                _Request(
+                    f"ss-{next(self._ids)}", index, ids, self._params(config, index, stream=stream), spec, job, salt=salt, key=key
+                )
+            )
         job.remaining = len(job.requests)
         self._inbox.put(("job", job))
         return job
@@ -511,8 +753,13 @@ class VLLMSteerModel(SteerableModel):
         try:
             while job.remaining:
                 event = job.events.get()
+                if event[0] == "failed":  # this call only: the engine and every other call go on
+                    cause = event[1]
+                    if isinstance(cause, SteeringError):
+                        raise SteeringError(str(cause)) from cause
+                    raise SteeringError(f"request: the engine refused it ({cause}); fix the input and try again") from cause
                 if event[0] == "error":
-                    raise EngineDeadError(f"engine: the vLLM engine died ({event[1]!r}); call restart() to rebuild it") from event[1]
+                    raise self._death_error(event[1]) from event[1]
                 for index, ids, finished, reason in event[1]:
                     if finished:
                         job.remaining -= 1
@@ -544,7 +791,9 @@ class VLLMSteerModel(SteerableModel):
             for i in range(len(prompt_ids))
         ]
 
-    def _generate_stream(self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]) -> Iterator[StreamEvent]:
+    def _generate_stream(
+        self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
+    ) -> Iterator[StreamEvent]:
         decoders = [IncrementalDecoder(self.tokenizer) for _ in prompt_ids]
         for index, ids, finished, reason in self._events(self._submit(prompt_ids, config, specs, stream=True)):
             delta = decoders[index].push(ids, final=finished)
@@ -579,10 +828,14 @@ class VLLMSteerModel(SteerableModel):
             )
         return {layer: torch.from_numpy(sum(per.values()) / len(prompt_ids)).to(torch.float32) for layer, per in means.items()}
 
-    def _capture_round(self, prompt_ids: list[list[int]], indices: list[int], layers: list[int]) -> dict[int, dict[int, tuple[bytes, int]]]:
+    def _capture_round(
+        self, prompt_ids: list[list[int]], indices: list[int], layers: list[int]
+    ) -> dict[int, dict[int, tuple[bytes, int]]]:
         """Run ``indices`` once with capture on; per layer and prompt index: (float64 sum bytes, token count)."""
         with self._capture_lock:
-            self._call(lambda: self.engine.collective_rpc("steer_capture_begin", args=(layers,)))
+            engine = self.engine
+            self._call(lambda: engine.collective_rpc("steer_capture_begin", args=(layers,)))
+            died = False
             try:
                 job = _Job()
                 config = GenerationConfig(max_new_tokens=1)
@@ -593,16 +846,41 @@ class VLLMSteerModel(SteerableModel):
                     length = min(graph_max + 1, (self.config.max_model_len or graph_max + 2) - 2)
                     for _ in range(-(-(graph_max + 1) // length)):  # enough fillers to pass graph_max tokens
                         filler = [int(prompt_ids[0][0])] * length
-                        job.requests.append(_Request(f"ss-fill-{next(self._ids)}", -1, filler, self._params(config, 0, 1), None, job, salt=uuid.uuid4().hex))
+                        job.requests.append(
+                            _Request(
+                                f"ss-fill-{next(self._ids)}",
+                                -1,
+                                filler,
+                                self._params(config, 0, 1),
+                                None,
+                                job,
+                                salt=uuid.uuid4().hex,
+                            )
+                        )
                 for index in indices:
                     salt = uuid.uuid4().hex  # never reuse cached KV: every prompt token must run through the layers
-                    job.requests.append(_Request(f"ss-cap-{next(self._ids)}", index, prompt_ids[index], self._params(config, index, 1), None, job, capture_id=index, salt=salt))
+                    job.requests.append(
+                        _Request(
+                            f"ss-cap-{next(self._ids)}",
+                            index,
+                            prompt_ids[index],
+                            self._params(config, index, 1),
+                            None,
+                            job,
+                            capture_id=index,
+                            salt=salt,
+                        )
+                    )
                 job.remaining = len(job.requests)
                 self._inbox.put(("job", job))
                 for _ in self._events(job):
                     pass
+            except EngineDeadError:
+                died = True  # the capture session died with its engine; a rebuilt engine has none to end
+                raise
             finally:
-                results = self._call(lambda: self.engine.collective_rpc("steer_capture_end"))
+                if not died and self.engine is engine:
+                    results = self._call(lambda: engine.collective_rpc("steer_capture_end"))
         sums = results[0]  # ranks hold replicated residuals: rank 0 is enough
         return {int(layer): {int(i): entry for i, entry in per.items()} for layer, per in sums.items()}
 
@@ -639,7 +917,7 @@ class VLLMSteerModel(SteerableModel):
             slot, needs = got
             self.slots.release(slot)  # loaded contents stay cached under the key; nothing runs with it yet
             if needs:
-                self._write_slots({slot: (key, spec)})
+                self._write_slots({slot: (key, spec_payload(spec, self.hidden_size))})
             return slot
 
         return self._call(do)
@@ -647,4 +925,10 @@ class VLLMSteerModel(SteerableModel):
     def info(self) -> dict[str, Any]:
         import vllm
 
-        return {**super().info(), "vllm": vllm.__version__, "max_slots": self.config.max_slots, "runner": self.worker_info.get("runner"), "config": {k: v for k, v in asdict(self.config).items() if k != "engine_kwargs"}}
+        return {
+            **super().info(),
+            "vllm": vllm.__version__,
+            "max_slots": self.config.max_slots,
+            "runner": self.worker_info.get("runner"),
+            "config": {k: v for k, v in asdict(self.config).items() if k != "engine_kwargs"},
+        }

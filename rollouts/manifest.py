@@ -44,8 +44,12 @@ def environment_info() -> dict[str, Any]:
             versions[package] = None
     commit = dirty = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
         dirty = bool(status.strip())
     except (OSError, subprocess.SubprocessError):
         pass
@@ -79,12 +83,16 @@ class DatasetOutput:
             try:
                 old = json.loads(self.manifest_path.read_text())
             except json.JSONDecodeError as exc:
-                raise SteeringError(f"{self.manifest_path}: unreadable manifest ({exc.msg}); fix it or use another --output-root") from exc
+                raise SteeringError(
+                    f"{self.manifest_path}: unreadable manifest ({exc.msg}); fix it or use another --output-root"
+                ) from exc
         current = {v.label: v.to_dict() for v in variants}
         if old is not None:
             where = f"{self.manifest_path}"
             if old.get("model") != model.model_id:
-                raise SteeringError(f"{where}: records are from model {old.get('model')!r}, not {model.model_id!r}; use another --output-root")
+                raise SteeringError(
+                    f"{where}: records are from model {old.get('model')!r}, not {model.model_id!r}; use another --output-root"
+                )
             if old.get("generation") != settings.generation():
                 raise SteeringError(
                     f"{where}: records were made with {old.get('generation')}, this run asks for {settings.generation()}; "
@@ -97,7 +105,9 @@ class DatasetOutput:
                         f"layer {info.get('layer')} -> {current[label]['layer']}); use another --output-root"
                     )
             if old.get("dataset", {}).get("sha256") != dataset.sha256:
-                warnings.warn(f"{dataset.path} changed since the last run into {self.dir}; records are keyed by prompt id", stacklevel=3)
+                warnings.warn(
+                    f"{dataset.path} changed since the last run into {self.dir}; records are keyed by prompt id", stacklevel=3
+                )
         env = environment_info()
         manifest = {
             "format": MANIFEST_FORMAT,

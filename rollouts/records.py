@@ -29,7 +29,13 @@ RecordKey = tuple[str, str, str, float | None, int]
 def record_key(record: dict[str, Any]) -> RecordKey:
     """The resume key of a record: ``(dataset, prompt_id, variant, scale, rollout)``."""
     scale = record.get("scale")
-    return (record["dataset"], str(record["prompt_id"]), record["variant"], None if scale is None else float(scale), int(record["rollout"]))
+    return (
+        record["dataset"],
+        str(record["prompt_id"]),
+        record["variant"],
+        None if scale is None else float(scale),
+        int(record["rollout"]),
+    )
 
 
 class RolloutFile:
@@ -52,7 +58,9 @@ class RolloutFile:
         end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
         if end < len(data):
             self.repaired_bytes = len(data) - end
-            warnings.warn(f"{self.path}: dropping a torn last line ({self.repaired_bytes} bytes) left by an interrupted run", stacklevel=3)
+            warnings.warn(
+                f"{self.path}: dropping a torn last line ({self.repaired_bytes} bytes) left by an interrupted run", stacklevel=3
+            )
             with open(self.path, "r+b") as f:
                 f.truncate(end)
                 f.flush()
@@ -90,7 +98,7 @@ class RolloutFile:
         try:
             view = memoryview(payload)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

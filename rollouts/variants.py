@@ -118,7 +118,9 @@ def build_variants(
         if layer is None:
             raise SteeringError(f"target_layer: vector {entry.name!r} has no suggested_layer; pass --target-layer")
         if not 0 <= layer < model.num_layers:
-            raise SteeringError(f"target_layer: layer {layer} is out of range for {model.model_id!r}; use 0..{model.num_layers - 1}")
+            raise SteeringError(
+                f"target_layer: layer {layer} is out of range for {model.model_id!r}; use 0..{model.num_layers - 1}"
+            )
         vector = entry.vector
         if normalize:
             if entry.norm < 1e-8:

@@ -56,11 +56,17 @@ def main(argv: list[str] | None = None) -> int:
                                trained_scales=args.trained_scales, activation_scales=args.activation_scales)  # fmt: skip
     variants = build_variants(model, load_vectors(registry, dataset.name, settings.kinds()), settings.scales())
     # one work item per record, as run_rollouts orders them: rollout, prompt, variant
-    items = [(p, v, record_seed(0, dataset.name, p.id, r)) for r in range(args.rollouts) for p in dataset.prompts for v in variants]
+    items = [
+        (p, v, record_seed(0, dataset.name, p.id, r)) for r in range(args.rollouts) for p in dataset.prompts for v in variants
+    ]
 
     def generate(chunk) -> int:
-        config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, ignore_eos=True, seeds=[s for _, _, s in chunk])
-        return sum(g.num_tokens for g in model.generate([p.prompt for p, _, _ in chunk], config, steering=[v.spec for _, v, _ in chunk]))
+        config = GenerationConfig(
+            max_new_tokens=args.max_new_tokens, temperature=1.0, ignore_eos=True, seeds=[s for _, _, s in chunk]
+        )
+        return sum(
+            g.num_tokens for g in model.generate([p.prompt for p, _, _ in chunk], config, steering=[v.spec for _, v, _ in chunk])
+        )
 
     generate(items[: len(variants)])  # warm-up: compile, load every spec once
     rows = []

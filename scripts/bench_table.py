@@ -15,8 +15,38 @@ from pathlib import Path
 from typing import Any
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); 1.96 beyond.
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def paired_interval(ratios: list[float]) -> tuple[float, float, float]:
@@ -136,11 +166,19 @@ def step_table(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, x in st.items():
-        update = f"{x['steer_update_ms']:.2f} ({1000 * x['steer_update_ms'] / x['steps']:.0f} us)" if "steer_update_ms" in x and x["steps"] else "—"
+        update = (
+            f"{x['steer_update_ms']:.2f} ({1000 * x['steer_update_ms'] / x['steps']:.0f} us)"
+            if "steer_update_ms" in x and x["steps"]
+            else "—"
+        )
         lines.append(
             f"| {name} | {x['call_ms']:.1f} | {x['in_worker_ms']:.1f} ({x['in_worker_ms_per_step']:.2f}) | {update} | "
             f"{x['outside_ms']:.1f} ({x['outside_ms_per_step']:.2f}) | {x['driver_ms']:.1f} | {x['steps']:.0f} | "
-            + (f"{x['scheduled_tokens']:.0f} | {x['mean_batch_reqs']:.0f} / {x['max_batch_reqs']:.0f} |" if "scheduled_tokens" in x else "— | — |")
+            + (
+                f"{x['scheduled_tokens']:.0f} | {x['mean_batch_reqs']:.0f} / {x['max_batch_reqs']:.0f} |"
+                if "scheduled_tokens" in x
+                else "— | — |"
+            )
         )
     return "\n".join(lines)
 
@@ -175,7 +213,9 @@ def pooled_table(results: list[dict[str, Any]]) -> str:
         r = sorted(r)
         q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0], r[0], r[0]]
         ci = "—" if name == "unsteered" else interval_text([x / 100 for x in r])
-        lines.append(f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} | {ci} |")
+        lines.append(
+            f"| {name} | {len(r)} | {statistics.median(r):.1f} | {q[0]:.1f}..{q[2]:.1f} | {r[0]:.1f}..{r[-1]:.1f} | {ci} |"
+        )
     engine = [x for result in results for x in engine_round_ratios(result)]
     lines.append(
         f"| **steered engine vs plain engines, all configurations pooled per round** | {len(engine)} | | | | **{interval_text(engine)}** |"
@@ -196,7 +236,9 @@ def main(paths: list[str]) -> None:
     for path in paths:
         result = load(path)
         print(f"### {Path(path).name}\n")
-        print(f"{result['machine']['device']}, vLLM {result['machine']['vllm']}, torch {result['machine']['torch']}, {result['date']}\n")
+        print(
+            f"{result['machine']['device']}, vLLM {result['machine']['vllm']}, torch {result['machine']['torch']}, {result['date']}\n"
+        )
         print(f"`{result['command']}`\n")
         print(throughput_table(result) + "\n")
         for block in (engine_line(result), step_table(result), kernel_table(result), latency_line(result)):

@@ -134,7 +134,9 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 KERNEL_TIMER = "engine.kernel_timer.KernelTimerExtension"
 
 
-def between(rpc: Callable[..., list[Any]], timer: str, fn: Callable[[], Any], end_args: tuple[Any, ...] = ()) -> tuple[Any, list[Any]]:
+def between(
+    rpc: Callable[..., list[Any]], timer: str, fn: Callable[[], Any], end_args: tuple[Any, ...] = ()
+) -> tuple[Any, list[Any]]:
     """``(fn(), per-worker results)`` of one call between the workers' ``steer_{timer}_begin`` and ``_end`` RPCs (the end
     always runs, so a failed call never leaves a worker measuring)."""
     rpc(f"steer_{timer}_begin")
@@ -312,11 +314,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-slots", type=int, default=64)
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs per engine (every engine alike)")
-    p.add_argument("--ops", default="add,projection_cap,ablation", help="op layout of the steered engine (e.g. 'add' for add-only hooks)")
-    p.add_argument("--capture", action="store_true", help="install the activation-capture op in the steered engine (off by default, as in VLLMSteeringConfig)")
+    p.add_argument(
+        "--ops", default="add,projection_cap,ablation", help="op layout of the steered engine (e.g. 'add' for add-only hooks)"
+    )
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="install the activation-capture op in the steered engine (off by default, as in VLLMSteeringConfig)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=None, help="vLLM max_num_seqs for both engines (default: vLLM's)")
     p.add_argument(
-        "--cudagraph-max", type=int, default=None, help="largest CUDA-graph batch for both engines (vLLM default: min(2 * max_num_seqs, 512))"
+        "--cudagraph-max",
+        type=int,
+        default=None,
+        help="largest CUDA-graph batch for both engines (vLLM default: min(2 * max_num_seqs, 512))",
     )
     p.add_argument(
         "--engine-arg",
@@ -358,7 +369,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also time a second plain engine as a configuration (A/A control: its spread is the method's noise floor)",
     )
     p.add_argument(
-        "--prewarm-prompts", type=int, default=16, help="untimed call of this many prompts on the same engine before each timed call (0 = none)"
+        "--prewarm-prompts",
+        type=int,
+        default=16,
+        help="untimed call of this many prompts on the same engine before each timed call (0 = none)",
     )
     p.add_argument(
         "--no-hooks",
@@ -366,7 +380,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="steered engine without hooked layers (wrappers, slot index and driver only): runs idle and idle_llm_generate",
     )
     p.add_argument(
-        "--steered-engine-last", action="store_true", help="start the plain engine(s) first and the steered engine last (default: steered first)"
+        "--steered-engine-last",
+        action="store_true",
+        help="start the plain engine(s) first and the steered engine last (default: steered first)",
     )
     p.add_argument(
         "--pin-cpus",
@@ -469,10 +485,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def calls(batch: list[list[int]]) -> dict[str, Callable[[], int]]:
         """One call per configuration over ``batch`` (the plain engines are looked up at call time, so dropping
         ``plains`` later frees them)."""
+
         def plain_params() -> list[Any]:  # fresh per call: vLLM may keep (skip_clone) what it is given
             return [steer._params(gen, i) for i in range(len(batch))]
 
-        out: dict[str, Callable[[], int]] = {name: (lambda name=name: plain_generate(plains[name], batch, plain_params())) for name in plains}
+        out: dict[str, Callable[[], int]] = {
+            name: (lambda name=name: plain_generate(plains[name], batch, plain_params())) for name in plains
+        }
         for name, specs in confs.items():
             out[name] = lambda specs=specs: sum(
                 g.num_tokens for g in steer.generate_token_ids(batch, gen, steering=specs[: len(batch)], decode_text=False)
@@ -569,12 +588,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def summarize_steps() -> None:
         """Medians of the step-timed calls so far into ``result`` (saved with every round: a run cut short keeps them)."""
         fields = (
-            "call_ms", "in_worker_ms", "outside_ms", "driver_ms", "in_worker_ms_per_step", "outside_ms_per_step", "steps",
-            "scheduled_tokens", "mean_batch_reqs", "max_batch_reqs", "steer_update_ms",
+            "call_ms",
+            "in_worker_ms",
+            "outside_ms",
+            "driver_ms",
+            "in_worker_ms_per_step",
+            "outside_ms_per_step",
+            "steps",
+            "scheduled_tokens",
+            "mean_batch_reqs",
+            "max_batch_reqs",
+            "steer_update_ms",
         )
         result["worker_step_time"] = {
-            name: {**{f: statistics.median(x[f] for x in xs) for f in fields if f in xs[0]}, "samples": xs} for name, xs in steps.items() if xs
+            name: {**{f: statistics.median(x[f] for x in xs) for f in fields if f in xs[0]}, "samples": xs}
+            for name, xs in steps.items()
+            if xs
         }
+
     names = list(runs)
     for r in range(a.rounds):
         # A fresh random order every round: with a rotated order, each configuration always follows the same one, and
@@ -607,7 +638,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             step_timed(name)
     if any(steps.values()):
         summarize_steps()
-        print("\nhost time per call (median): in the worker (sidesteer's index update) / outside it (engine core) / driver-only, ms")
+        print(
+            "\nhost time per call (median): in the worker (sidesteer's index update) / outside it (engine core) / driver-only, ms"
+        )
         for name, x in result["worker_step_time"].items():
             update = f" [{x['steer_update_ms']:.1f}]" if "steer_update_ms" in x else ""
             print(

@@ -58,10 +58,17 @@ def gpu_local_cpus(index: int = 0) -> list[int] | None:
     ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
     target = ids[index] if index < len(ids) else str(index)
     try:
-        bus = subprocess.run(
-            ["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader", "-i", target],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout.strip().splitlines()[0]
+        bus = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=pci.bus_id", "--format=csv,noheader", "-i", target],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
     domain, _, rest = bus.partition(":")  # 00000000:18:00.0 -> 0000:18:00.0

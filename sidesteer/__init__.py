@@ -114,7 +114,9 @@ def check_own_package(name: str) -> None:
     except ValueError:  # an imported module without __spec__ (e.g. one made by hand)
         spec = None
     if spec is None:
-        raise ImportError(f"sidesteer: the package {name!r} is not installed; reinstall sidesteer (pip install sidesteer)", name=name)
+        raise ImportError(
+            f"sidesteer: the package {name!r} is not installed; reinstall sidesteer (pip install sidesteer)", name=name
+        )
     # origin is None for a namespace package: a bare folder of that name (no __init__.py), e.g. in the current
     # directory; Python's path finder returns it before an editable install's finder is asked
     if spec.origin is None or Path(spec.origin).resolve().parent != HOME / name:

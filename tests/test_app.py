@@ -74,8 +74,12 @@ def test_compare_raw_completion_and_editor_mode(client, hf_default, registry):
     v = registry.get(name).vector
     editor = {"headers": [], "data": [[2, name, 3.0, name, None, 1.0, None, None], [5, None, None, None, None, None, name, 0.0]]}
     _, steered, _, _ = compare(client, prompt="Once upon a time", raw_completion=True, steering_mode="editor", editor=editor)
-    spec = SteeringSpec({2: LayerSteeringSpec(v, 3.0, ProjectionCapSpec(v, None, 1.0)), 5: LayerSteeringSpec(ablation=AblationSpec(v, 0.0))})
-    assert steered == hf_default.generate("Once upon a time", GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=spec)[0].text
+    spec = SteeringSpec(
+        {2: LayerSteeringSpec(v, 3.0, ProjectionCapSpec(v, None, 1.0)), 5: LayerSteeringSpec(ablation=AblationSpec(v, 0.0))}
+    )
+    assert (
+        steered == hf_default.generate("Once upon a time", GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=spec)[0].text
+    )
 
 
 def test_two_concurrent_clients_get_their_own_steering(url, hf_default, registry):
@@ -94,7 +98,11 @@ def test_two_concurrent_clients_get_their_own_steering(url, hf_default, registry
         t.join(timeout=600)
     request = build_prompt(PROMPT, "", raw_completion=False)
     for key, (name, layer, scale) in setups.items():
-        expected = hf_default.generate(request, GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=quick_spec(hf_default, registry, name, layer, scale))
+        expected = hf_default.generate(
+            request,
+            GenerationConfig(max_new_tokens=TOKENS, seed=0),
+            steering=quick_spec(hf_default, registry, name, layer, scale),
+        )
         assert results[key][1] == expected[0].text, key
     assert results["a"][1] != results["b"][1]
     assert results["a"][0] == results["b"][0]  # same unsteered baseline
@@ -102,7 +110,9 @@ def test_two_concurrent_clients_get_their_own_steering(url, hf_default, registry
 
 def test_sweep_returns_one_row_per_scale(client, hf_default, registry):
     name = registry.names()[-1]
-    grid = client.predict(prompt=PROMPT, vector=name, layer=4, scale=2.0, max_new_tokens=8, scales="-1, 0, 1.5", api_name="/sweep")
+    grid = client.predict(
+        prompt=PROMPT, vector=name, layer=4, scale=2.0, max_new_tokens=8, scales="-1, 0, 1.5", api_name="/sweep"
+    )
     rows = grid["data"]
     assert [row[0] for row in rows] == [-1.0, 0.0, 1.5]
     spec = quick_spec(hf_default, registry, name, 4, 2.0)
@@ -115,14 +125,18 @@ def test_sweep_returns_one_row_per_scale(client, hf_default, registry):
 
 def test_export_import_round_trips_the_spec(client, hf_default, registry, tmp_path):
     name = registry.names()[-1]
-    exported = client.predict(vector=name, layer=7, scale=2.5, steering_mode="quick", description="round trip", api_name="/export_spec")
+    exported = client.predict(
+        vector=name, layer=7, scale=2.5, steering_mode="quick", description="round trip", api_name="/export_spec"
+    )
     spec = SteeringSpec.load(exported)
     assert spec.fingerprint() == quick_spec(hf_default, registry, name, 7, 2.5).fingerprint()
     assert spec.metadata.description == "round trip"
     mode, rows, status = client.predict(handle_file(exported), api_name="/import_spec")
     assert mode == "editor" and "Imported" in status
     assert rows["data"] == [[7, name, 2.5, None, None, None, None, None]]  # a registry vector comes back by name
-    again = client.predict(vector=name, layer=0, scale=0.0, steering_mode="editor", editor=rows, description="", api_name="/export_spec")
+    again = client.predict(
+        vector=name, layer=0, scale=0.0, steering_mode="editor", editor=rows, description="", api_name="/export_spec"
+    )
     assert SteeringSpec.load(again).fingerprint() == spec.fingerprint()
 
 
@@ -130,7 +144,10 @@ def test_import_of_vectors_outside_the_registry_round_trips(client, hf_default, 
     gen = torch.Generator().manual_seed(1)
     h = hf_default.hidden_size
     v, c, a = (torch.randn(h, generator=gen) for _ in range(3))
-    spec = SteeringSpec({3: LayerSteeringSpec(v, 1.5, ProjectionCapSpec(c, -1.0, 2.0)), 9: LayerSteeringSpec(ablation=AblationSpec(a, 0.5))}, SpecMetadata(description="custom"))
+    spec = SteeringSpec(
+        {3: LayerSteeringSpec(v, 1.5, ProjectionCapSpec(c, -1.0, 2.0)), 9: LayerSteeringSpec(ablation=AblationSpec(a, 0.5))},
+        SpecMetadata(description="custom"),
+    )
     path = spec.save(tmp_path / "custom.safetensors")
     mode, rows, _ = client.predict(handle_file(str(path)), api_name="/import_spec")
     assert [row[0] for row in rows["data"]] == [3, 9]
@@ -139,7 +156,12 @@ def test_import_of_vectors_outside_the_registry_round_trips(client, hf_default, 
     again = client.predict(steering_mode="editor", editor=rows, description="", api_name="/export_spec")
     assert SteeringSpec.load(again).fingerprint() == spec.fingerprint()
     _, steered, _, _ = compare(client, steering_mode="editor", editor=rows)
-    assert steered == hf_default.generate(build_prompt(PROMPT, "", False), GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=spec)[0].text
+    assert (
+        steered
+        == hf_default.generate(build_prompt(PROMPT, "", False), GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=spec)[
+            0
+        ].text
+    )
     # Another session does not have them.
     with pytest.raises(AppError, match="not among this session's imported vectors"):
         compare(Client(client.src, verbose=False), steering_mode="editor", editor=rows)
@@ -184,7 +206,10 @@ def test_malformed_upload_shows_the_error_and_changes_nothing(client, hf_default
     [
         ({"vector": "no-such-vector"}, "no vector 'no-such-vector'"),
         ({"prompt": "  "}, "prompt: the prompt is empty"),
-        ({"steering_mode": "editor", "editor": {"headers": [], "data": [[99, "x", 1.0, None, None, None, None, None]]}}, "spec editor row 1, vector"),
+        (
+            {"steering_mode": "editor", "editor": {"headers": [], "data": [[99, "x", 1.0, None, None, None, None, None]]}},
+            "spec editor row 1, vector",
+        ),
         ({"steering_mode": "editor", "editor": {"headers": [], "data": []}}, "no row holds a vector"),
     ],
 )
@@ -219,13 +244,21 @@ def test_registry_endpoints(client, hf_default, registry):
     positive = ["I love this, it is wonderful!", "What a great day."]
     negative = ["I hate this, it is awful.", "What a terrible day."]
     created = client.predict(
-        name="test-made", description="made in a test", layer=4, positive_prompts="\n".join(positive),
-        negative_prompts="\n".join(negative) + "\n\n", suggested_scale=3.0, overwrite=False, api_name="/create_vector",
+        name="test-made",
+        description="made in a test",
+        layer=4,
+        positive_prompts="\n".join(positive),
+        negative_prompts="\n".join(negative) + "\n\n",
+        suggested_scale=3.0,
+        overwrite=False,
+        api_name="/create_vector",
     )
     assert created["suggested_layer"] == 4 and created["extra"]["suggested_scale"] == 3.0
     from engine import mean_difference
 
-    torch.testing.assert_close(registry.get("test-made").vector, mean_difference(hf_default, positive, negative, 4), rtol=0, atol=0)
+    torch.testing.assert_close(
+        registry.get("test-made").vector, mean_difference(hf_default, positive, negative, 4), rtol=0, atol=0
+    )
     assert "test-made" in [row[0] for row in client.predict(api_name="/list_vectors")["data"]]
     assert client.predict("test-made", api_name="/vector_details")["description"] == "made in a test"
     assert client.predict("test-made", 0, 0.0, api_name="/vector_defaults") == (4, 3.0)

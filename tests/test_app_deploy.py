@@ -121,8 +121,13 @@ def test_shipped_vectors_cannot_be_deleted_or_replaced(engine, tmp_path, shipped
     cb = Callbacks(engine, registry_over(tmp_path, shipped, read_only=False), tmp_path / "exports")
     with pytest.raises(SteeringError) as info:
         cb.delete_vector("up")
-    assert str(info.value) == "delete: 'up' ships with the app (a read-only folder), so it cannot be deleted; only vectors created on this server can"
-    with pytest.raises(SteeringError, match="name: 'up' is a vector shipped with the app and cannot be replaced; pick another name"):
+    assert (
+        str(info.value)
+        == "delete: 'up' ships with the app (a read-only folder), so it cannot be deleted; only vectors created on this server can"
+    )
+    with pytest.raises(
+        SteeringError, match="name: 'up' is a vector shipped with the app and cannot be replaced; pick another name"
+    ):
         cb.create_vector("up", "", 1, POSITIVE, NEGATIVE, 0, True, {})
     assert (shipped / "up.safetensors").is_file()
     assert [row[-1] for row in cb.list_vectors()] == ["shipped"]
@@ -144,7 +149,10 @@ def test_read_only_mode_keeps_created_vectors_in_the_session(engine, tmp_path, s
     assert cb.vector_defaults(name, 0, 1.0, session) == (3, 2.5)
     vector = session[name].vector
     *_, (_, steered, _, _) = cb.compare("hello", "", name, 3, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, session)
-    assert steered == engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(3, vector, 2.0))[0].text
+    assert (
+        steered
+        == engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(3, vector, 2.0))[0].text
+    )
     rows = [[1, name, 1.5, None, None, None, None, None]]
     assert cb.current_spec(None, 0, 0, "editor", rows, session).layers[1].vector.equal(vector)
     assert [r[0] for r in cb.sweep("hello", "", name, 3, 1.0, 2, 0.0, 1.0, 0, True, "quick", None, "0, 1", session)] == [0.0, 1.0]
@@ -187,12 +195,19 @@ def test_api_refuses_deletes_and_keeps_created_vectors_per_session(engine, tmp_p
             name="mine", layer=2, positive_prompts=POSITIVE, negative_prompts=NEGATIVE, api_name="/create_vector"
         )
         assert created["name"] == "session:mine"
-        _, steered, _, _ = client.predict(prompt="hello", vector="session:mine", layer=2, scale=4.0, max_new_tokens=3, raw_completion=True, api_name="/compare")
+        _, steered, _, _ = client.predict(
+            prompt="hello", vector="session:mine", layer=2, scale=4.0, max_new_tokens=3, raw_completion=True, api_name="/compare"
+        )
         vector = mean_difference(engine, POSITIVE.splitlines(), NEGATIVE.splitlines(), 2)
-        assert steered == engine.generate("hello", GenerationConfig(max_new_tokens=3), steering=SteeringSpec.single(2, vector, 4.0))[0].text
+        assert (
+            steered
+            == engine.generate("hello", GenerationConfig(max_new_tokens=3), steering=SteeringSpec.single(2, vector, 4.0))[0].text
+        )
         assert "session:mine" in [row[0] for row in client.predict(api_name="/list_vectors")["data"]]
         with pytest.raises(AppError, match="'session:mine' is not among this session's vectors"):
-            Client(url, verbose=False).predict(prompt="hello", vector="session:mine", layer=2, max_new_tokens=3, api_name="/compare")
+            Client(url, verbose=False).predict(
+                prompt="hello", vector="session:mine", layer=2, max_new_tokens=3, api_name="/compare"
+            )
     assert (shipped / "up.safetensors").is_file() and not (tmp_path / "user").exists()
 
 

@@ -101,7 +101,9 @@ def test_blocks_delete_gradio_cache_files(engine, registry):
 
 # -- (b) strangers' text is escaped --------------------------------------------------------------------------------
 def test_import_status_escapes_markdown_and_html_from_the_file(cb, engine, tmp_path):
-    spec = SteeringSpec({1: LayerSteeringSpec(torch.ones(HIDDEN), 1.0)}, SpecMetadata(model_id="[m](javascript:x)", description=INJECTION))
+    spec = SteeringSpec(
+        {1: LayerSteeringSpec(torch.ones(HIDDEN), 1.0)}, SpecMetadata(model_id="[m](javascript:x)", description=INJECTION)
+    )
     path = upload(tmp_path, spec, "![a](javascript:x).safetensors")
     _, _, _, status = cb.import_spec(str(path), {})
     assert status == (
@@ -132,7 +134,10 @@ def test_internal_errors_show_an_id_and_log_the_traceback(caplog):
     assert match, info.value.message
     assert "secret-key" not in info.value.message
     record = caplog.records[-1]
-    assert record.getMessage() == f"internal error {match.group(1)} in test_internal_errors_show_an_id_and_log_the_traceback.<locals>.broken"
+    assert (
+        record.getMessage()
+        == f"internal error {match.group(1)} in test_internal_errors_show_an_id_and_log_the_traceback.<locals>.broken"
+    )
     assert record.exc_info[0] is KeyError
 
 
@@ -141,7 +146,10 @@ def test_steering_error_messages_lose_server_paths(cb, tmp_path):
         user_errors(cb.current_spec)("nope", 1, 1.0, "quick", None, {})
     assert str(tmp_path) not in info.value.message
     assert info.value.message == "vector: name: no vector 'nope' in 'registry'; available: up"
-    assert redact_paths("/tmp/gradio/3f2a/x.gguf: bad; see '/srv/app/registry' or C:\\Users\\me\\y.gguf") == "x.gguf: bad; see 'registry' or y.gguf"
+    assert (
+        redact_paths("/tmp/gradio/3f2a/x.gguf: bad; see '/srv/app/registry' or C:\\Users\\me\\y.gguf")
+        == "x.gguf: bad; see 'registry' or y.gguf"
+    )
     assert redact_paths("cap min/max, 1/2, http://example.org/a/b, a / b") == "cap min/max, 1/2, http://example.org/a/b, a / b"
 
 
@@ -213,10 +221,15 @@ def compare_args(session=None):
 def test_compare_says_engine_restarting_then_works_on_the_next_click(engine, registry, tmp_path):
     fake = RestartingEngine(engine, "restarting", failures=1)
     cb = Callbacks(fake, registry, tmp_path / "exports")
-    assert list(cb.compare(*compare_args())) == [notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS), notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS)]
+    assert list(cb.compare(*compare_args())) == [
+        notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS),
+        notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS),
+    ]
     assert ENGINE_RESTARTING_WAIT == "engine restarting — your request will run when it is back"
     last = list(cb.compare(*compare_args()))[-1]
-    expected = engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(1, registry.get("up").vector, 2.0))[0]
+    expected = engine.generate(
+        "hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(1, registry.get("up").vector, 2.0)
+    )[0]
     assert last[1] == expected.text and last[3].startswith("4 tokens")
 
 

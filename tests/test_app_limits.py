@@ -43,7 +43,9 @@ def registry(tmp_path):
 
 
 def callbacks(tiny, registry, tmp_path, **limits) -> Callbacks:
-    return Callbacks(CountingEngine(tiny), registry, tmp_path / "exports", limits=AppLimits(**limits), upload_dir=tmp_path / "uploads")
+    return Callbacks(
+        CountingEngine(tiny), registry, tmp_path / "exports", limits=AppLimits(**limits), upload_dir=tmp_path / "uploads"
+    )
 
 
 # -- where limits come from ----------------------------------------------------------------------------------------
@@ -54,14 +56,22 @@ def test_limits_come_from_env_and_flags():
     script = load_app_script()
     args = script.parse_args(["--max-new-tokens", "7", "--max-spec-layers", "3"], environ=env)
     assert script.limits_from_args(args) == AppLimits(max_new_tokens=7, max_sweep_points=4, max_spec_layers=3)
-    assert AppLimits(max_prompts=8, max_sweep_points=20).request_limits() == RequestLimits(max_prompt_tokens=1024, max_new_tokens=512, max_prompts=20)
+    assert AppLimits(max_prompts=8, max_sweep_points=20).request_limits() == RequestLimits(
+        max_prompt_tokens=1024, max_new_tokens=512, max_prompts=20
+    )
 
 
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"SIDESTEER_MAX_NEW_TOKENS": "lots"}, "SIDESTEER_MAX_NEW_TOKENS: 'lots' is not a whole number; set it to a positive integer such as 512"),
-        ({"SIDESTEER_MAX_UPLOAD_MB": "0"}, "max_upload_mb: 0 is not a positive integer; set SIDESTEER_MAX_UPLOAD_MB (or --max-upload-mb) to e.g. 16"),
+        (
+            {"SIDESTEER_MAX_NEW_TOKENS": "lots"},
+            "SIDESTEER_MAX_NEW_TOKENS: 'lots' is not a whole number; set it to a positive integer such as 512",
+        ),
+        (
+            {"SIDESTEER_MAX_UPLOAD_MB": "0"},
+            "max_upload_mb: 0 is not a positive integer; set SIDESTEER_MAX_UPLOAD_MB (or --max-upload-mb) to e.g. 16",
+        ),
     ],
 )
 def test_bad_limit_values_name_the_variable(environ, message):
@@ -76,7 +86,14 @@ def test_help_lists_every_option_with_its_variable():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "", "HOME": "/nonexistent"})
+    out = subprocess.run(
+        [sys.executable, "app.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "", "HOME": "/nonexistent"},
+    )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     for flag, env in [
@@ -129,7 +146,9 @@ def test_prompt_tokens_are_checked_in_the_handler(tiny, registry, tmp_path):
         "prompt: 12 tokens is over this server's limit of 10 tokens; shorten the prompt or the system prompt "
         "(the operator can raise it with SIDESTEER_MAX_PROMPT_TOKENS or --max-prompt-tokens)"
     )
-    with pytest.raises(SteeringError, match="prompt: 36 tokens is over this server.s limit of 10"):  # "<system>system\n<user>hi\n<assistant>" + bos
+    with pytest.raises(
+        SteeringError, match="prompt: 36 tokens is over this server.s limit of 10"
+    ):  # "<system>system\n<user>hi\n<assistant>" + bos
         cb.sweep("hi", "system", "up", 1, 1.0, 2, 0.0, 1.0, 0, False, "quick", None, "1", {})
     assert cb.engine.work == []
 
@@ -164,7 +183,9 @@ def test_imported_specs_are_limited_in_size_and_layers(tiny, registry, tmp_path)
     for folder in ("a", "b"):  # Gradio keeps each upload in its own folder
         (tmp_path / "uploads" / folder).mkdir(parents=True)
     v = torch.ones(HIDDEN)
-    wide = SteeringSpec({i: LayerSteeringSpec(v * (i + 1), 1.0) for i in range(3)}).save(tmp_path / "uploads" / "a" / "wide.safetensors")
+    wide = SteeringSpec({i: LayerSteeringSpec(v * (i + 1), 1.0) for i in range(3)}).save(
+        tmp_path / "uploads" / "a" / "wide.safetensors"
+    )
     with pytest.raises(SteeringError) as info:
         cb.import_spec(str(wide), {})
     assert str(info.value) == (

@@ -22,7 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def registry_copy(directory: Path, hidden_size: int, model_id: str, names: tuple[str, ...] = ("happy", "pirate")) -> VectorRegistry:
+def registry_copy(
+    directory: Path, hidden_size: int, model_id: str, names: tuple[str, ...] = ("happy", "pirate")
+) -> VectorRegistry:
     """A registry the test may edit: a copy of ``registry/smollm2`` when its vectors fit, else seeded random vectors."""
     directory.mkdir(parents=True, exist_ok=True)
     real = VectorRegistry(REAL_REGISTRY)

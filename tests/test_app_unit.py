@@ -33,7 +33,9 @@ def engine():
 def registry(tmp_path):
     reg = VectorRegistry(tmp_path / "registry")
     gen = torch.Generator().manual_seed(0)
-    reg.add("up", torch.randn(HIDDEN, generator=gen) * 3, model_id="tiny-llama", suggested_layer=2, extra={"suggested_scale": 1.5})
+    reg.add(
+        "up", torch.randn(HIDDEN, generator=gen) * 3, model_id="tiny-llama", suggested_layer=2, extra={"suggested_scale": 1.5}
+    )
     reg.add("down", torch.randn(HIDDEN, generator=gen) * 3, model_id="tiny-llama")
     reg.add("too-wide", torch.randn(HIDDEN * 2, generator=gen))
     return reg
@@ -48,10 +50,12 @@ def cb(engine, registry, tmp_path):
 def test_editor_rows_round_trip_a_full_spec(registry):
     up, down = registry.get("up").vector, registry.get("down").vector
     other = torch.arange(HIDDEN, dtype=torch.float32) + 1
-    spec = SteeringSpec({
-        1: LayerSteeringSpec(up, -2.0, ProjectionCapSpec(down, None, 0.5)),
-        3: LayerSteeringSpec(other, 0.25, ablation=AblationSpec(up, 0.0)),
-    })
+    spec = SteeringSpec(
+        {
+            1: LayerSteeringSpec(up, -2.0, ProjectionCapSpec(down, None, 0.5)),
+            3: LayerSteeringSpec(other, 0.25, ablation=AblationSpec(up, 0.0)),
+        }
+    )
     rows, imported = spec_to_rows(spec, registry.list(hidden_size=HIDDEN))
     assert rows == [
         [1, "up", -2.0, "down", None, 0.5, None, None],
@@ -73,7 +77,10 @@ def test_editor_accepts_api_dicts_blank_cells_and_strings(registry):
         ([[1.5, "up", 1, None, None, None, None, None]], "row 1, layer: 1.5 is not a 0-based layer index"),
         ([[None, "up", 1, None, None, None, None, None]], "row 1, layer: the layer is empty"),
         ([[1, "up", "lots", None, None, None, None, None]], "row 1, scale: 'lots' is not a number"),
-        ([[1, "up", 1, None, None, None, None, None], [1, "down", 1, None, None, None, None, None]], "row 2: layer 1 appears twice"),
+        (
+            [[1, "up", 1, None, None, None, None, None], [1, "down", 1, None, None, None, None, None]],
+            "row 2: layer 1 appears twice",
+        ),
         ([[1, "nope", 1, None, None, None, None, None]], "row 1, vector: name: no vector 'nope'"),
         ([[1, "file:L1.vector", 1, None, None, None, None, None]], "not among this session's imported vectors"),
         ([[1, None, None, None, 0.0, None, None, None]], "cap min/max are set but no cap vector"),
@@ -90,7 +97,12 @@ def test_editor_rejects_bad_rows_by_name(registry, rows, message):
 # -- small parsers -------------------------------------------------------------------------------------------------
 def test_parse_scales():
     assert parse_scales("-2, -1,0 1;2.5") == [-2.0, -1.0, 0.0, 1.0, 2.5]
-    for bad, message in [("", "no values"), ("1, x", "not a number"), ("inf", "non-finite"), (",".join(["1"] * 17), "at most 16")]:
+    for bad, message in [
+        ("", "no values"),
+        ("1, x", "not a number"),
+        ("inf", "non-finite"),
+        (",".join(["1"] * 17), "at most 16"),
+    ]:
         with pytest.raises(SteeringError, match=message):
             parse_scales(bad)
 
@@ -209,7 +221,17 @@ def test_build_demo_names_every_action(engine, registry):
 
     demo = build_demo(engine, registry)
     names = {d.api_name for d in demo.fns.values() if d.api_name and d.api_visibility == "public"}
-    expected = {"compare", "sweep", "export_spec", "export_gguf", "import_spec", "list_vectors", "create_vector", "delete_vector", "engine_info"}
+    expected = {
+        "compare",
+        "sweep",
+        "export_spec",
+        "export_gguf",
+        "import_spec",
+        "list_vectors",
+        "create_vector",
+        "delete_vector",
+        "engine_info",
+    }
     assert expected <= names
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert {"baseline-output", "steered-output", "generate", "stop", "vector", "spec-editor", "import-file", "export-file"} <= ids
@@ -224,7 +246,12 @@ def test_import_app_gets_the_package_and_the_script_loads_lazily(tmp_path):
     script = load_app_script()
     assert script._demo is None  # loading the file built nothing (no model load)
     args = script.parse_args([], environ={"XDG_DATA_HOME": str(tmp_path)})
-    assert (args.backend, args.model, args.registry, args.host) == ("auto", "default", str(tmp_path / "sidesteer" / "registry"), "127.0.0.1")
+    assert (args.backend, args.model, args.registry, args.host) == (
+        "auto",
+        "default",
+        str(tmp_path / "sidesteer" / "registry"),
+        "127.0.0.1",
+    )
     assert script.resolve_backend("hf") == "hf"
     assert script.resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "hf")
 
@@ -262,7 +289,13 @@ def test_only_app_imports_gradio():
     for package in ("vectors", "engine"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
                 assert not any(n.split(".")[0] == "gradio" for n in names), f"{path} imports gradio"
 
 

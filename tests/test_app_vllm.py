@@ -27,12 +27,22 @@ def test_compare_on_vllm_matches_engine_and_transformers(url, vllm_default, hf_d
     address, registry = url
     entry = registry.get("pirate")
     baseline, steered, _, _ = Client(address, verbose=False).predict(
-        prompt=PROMPT, vector="pirate", layer=entry.suggested_layer, scale=2.0, max_new_tokens=16, temperature=0.0, api_name="/compare"
+        prompt=PROMPT,
+        vector="pirate",
+        layer=entry.suggested_layer,
+        scale=2.0,
+        max_new_tokens=16,
+        temperature=0.0,
+        api_name="/compare",
     )
     spec = SteeringSpec.single(entry.suggested_layer, entry.vector, 2.0)
     request = build_prompt(PROMPT, "", raw_completion=False)
     config = GenerationConfig(max_new_tokens=16)
-    assert steered == vllm_default.generate(request, config, steering=spec)[0].text == hf_default.generate(request, config, steering=spec)[0].text
+    assert (
+        steered
+        == vllm_default.generate(request, config, steering=spec)[0].text
+        == hf_default.generate(request, config, steering=spec)[0].text
+    )
     assert baseline == vllm_default.generate(request, config)[0].text and baseline != steered
 
 
@@ -44,7 +54,13 @@ def test_concurrent_clients_on_vllm_get_their_own_steering(url, vllm_default):
     def run(name: str, scale: float) -> None:
         entry = registry.get(name)
         _, steered, _, _ = Client(address, verbose=False).predict(
-            prompt=PROMPT, vector=name, layer=entry.suggested_layer, scale=scale, max_new_tokens=16, temperature=0.0, api_name="/compare"
+            prompt=PROMPT,
+            vector=name,
+            layer=entry.suggested_layer,
+            scale=scale,
+            max_new_tokens=16,
+            temperature=0.0,
+            api_name="/compare",
         )
         results[name] = steered
 

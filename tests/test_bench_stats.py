@@ -85,7 +85,9 @@ def test_bench_table_refuses_a_file_that_is_not_a_benchmark_result():
     from scripts import bench_table
 
     parity = Path(__file__).resolve().parent.parent / "docs" / "bench" / "h100-parity-qwen3-tiny-fp32.json"
-    with pytest.raises(SystemExit, match=r"h100-parity-qwen3-tiny-fp32.json: not a scripts/benchmark.py result \(no samples_tok_s\)"):
+    with pytest.raises(
+        SystemExit, match=r"h100-parity-qwen3-tiny-fp32.json: not a scripts/benchmark.py result \(no samples_tok_s\)"
+    ):
         bench_table.main([str(parity)])
     with pytest.raises(SystemExit, match="not a scripts/benchmark.py result"):
         bench_table.main(["--pool", str(parity)])
@@ -107,7 +109,10 @@ def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
 
     w = Worker()
     assert w.steer_step_time_begin() is True
-    step = lambda tokens, reqs: SimpleNamespace(total_num_scheduled_tokens=tokens, num_scheduled_tokens=dict.fromkeys(range(reqs), 1))  # noqa: E731
+
+    def step(tokens, reqs):
+        return SimpleNamespace(total_num_scheduled_tokens=tokens, num_scheduled_tokens=dict.fromkeys(range(reqs), 1))
+
     assert w.execute_model(step(0, 0)) == 0 and w.sample_tokens() == "sampled"  # an empty step, then its sampling
     time.sleep(0.05)  # the gap between the empty step and the call: must not count
     assert w.execute_model(step(64, 4)) == 64 and w.sample_tokens() == "sampled"

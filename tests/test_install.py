@@ -112,7 +112,22 @@ def wheel(tmp_path_factory) -> Path:
     for init in ROOT.glob("*/__init__.py"):  # every package, listed in pyproject.toml or not
         shutil.copytree(init.parent, source / init.parent.name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
-    build = run([sys.executable, "-m", "pip", "wheel", str(source), "-w", str(out), "--no-deps", "--no-build-isolation", "--no-index", "-q"], cwd=source)
+    build = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "-w",
+            str(out),
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+        ],
+        cwd=source,
+    )
     assert build.returncode == 0, build.stderr
     assert sorted(p.name for p in ROOT.iterdir()) == before  # no build/ or *.egg-info in the checkout
     (path,) = out.glob("sidesteer-*.whl")
@@ -124,7 +139,13 @@ def test_wheel_holds_the_five_packages_and_the_command(wheel):
     assert {n.split("/")[0] for n in names} == PACKAGES | {"sidesteer-0.1.0.dist-info"}
     checkout = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert checkout - NOT_INSTALLED <= PACKAGES, "a package of the checkout is missing from pyproject.toml's list"
-    assert {"sidesteer/commands/rollouts.py", "rollouts/run.py", "vectors/spec_file.py", "engine/vllm_worker.py", "app/ui.py"} <= set(names)
+    assert {
+        "sidesteer/commands/rollouts.py",
+        "rollouts/run.py",
+        "vectors/spec_file.py",
+        "engine/vllm_worker.py",
+        "app/ui.py",
+    } <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     entry_points = zipfile.ZipFile(wheel).read("sidesteer-0.1.0.dist-info/entry_points.txt").decode()
     assert entry_points.split() == ["[console_scripts]", "sidesteer", "=", "sidesteer.cli:main"]
@@ -138,7 +159,19 @@ def venv(wheel, tmp_path_factory) -> Path:
     assert made.returncode == 0, made.stderr
     python = home / "bin" / "python"
     install = run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
         cwd=home,
     )
     assert install.returncode == 0, install.stderr

@@ -33,7 +33,12 @@ def test_add_get_round_trip_is_bit_exact(registry: VectorRegistry) -> None:
     assert got.vector.dtype == torch.float32
     assert got.to_dict() == added.to_dict()
     assert (got.name, got.description, got.model_id, got.hidden_size, got.suggested_layer, got.method) == (
-        "happy", "joy", "m/x", 16, 3, "mean-diff",
+        "happy",
+        "joy",
+        "m/x",
+        16,
+        3,
+        "mean-diff",
     )
     assert got.norm == pytest.approx(float(vector.norm()))
     assert got.suggested_scale == 4.0
@@ -159,5 +164,16 @@ def test_file_header_layout(registry: VectorRegistry) -> None:
         assert list(fh.keys()) == ["vector"]
         header = json.loads(fh.metadata()[METADATA_KEY])
     assert header["format"] == "sidesteer.vector" and header["version"] == 1
-    assert {"name", "description", "model_id", "hidden_size", "suggested_layer", "method", "created", "norm", "sha256", "extra"} <= set(header)
+    assert {
+        "name",
+        "description",
+        "model_id",
+        "hidden_size",
+        "suggested_layer",
+        "method",
+        "created",
+        "norm",
+        "sha256",
+        "extra",
+    } <= set(header)
     assert header["norm"] == pytest.approx(2.0)

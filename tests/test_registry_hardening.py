@@ -113,7 +113,10 @@ def test_file_with_invalid_name_is_reported_not_listed(registry: VectorRegistry)
     assert [e.name for e in registry.list()] == ["good"]
     assert registry.problems() == [
         ("con.safetensors", "registry file 'con.safetensors': " + str(_error(validate_name, "con")) + "; rename the file"),
-        ("trailing..safetensors", "registry file 'trailing..safetensors': " + str(_error(validate_name, "trailing.")) + "; rename the file"),
+        (
+            "trailing..safetensors",
+            "registry file 'trailing..safetensors': " + str(_error(validate_name, "trailing.")) + "; rename the file",
+        ),
     ]
 
 
@@ -131,8 +134,14 @@ def _error(fn: Any, *args: Any) -> SteeringError:
     [
         ({"description": "\udcff"}, "description: character 0 ('\\udcff') is not valid UTF-8 text (a lone surrogate"),
         ({"description": "ok \ud800 then"}, "description: character 3 ('\\ud800') is not valid UTF-8 text"),
-        ({"description": "x" * (MAX_DESCRIPTION_CHARS + 1)}, "description: 2001 characters is over the 2000-character limit; shorten it"),
-        ({"description": "red \x1b[31m"}, "description: character 4 is a control character ('\\x1b'); remove it; tab and newline are allowed"),
+        (
+            {"description": "x" * (MAX_DESCRIPTION_CHARS + 1)},
+            "description: 2001 characters is over the 2000-character limit; shorten it",
+        ),
+        (
+            {"description": "red \x1b[31m"},
+            "description: character 4 is a control character ('\\x1b'); remove it; tab and newline are allowed",
+        ),
         ({"description": 5}, "description: expected text, got int; pass a string"),
         ({"model_id": "m/\udcff"}, "model_id: character 2 ('\\udcff') is not valid UTF-8 text"),
         ({"model_id": "m/x\n"}, "model_id: character 3 is a control character ('\\n'); remove it and keep it on one line"),
@@ -141,7 +150,10 @@ def _error(fn: Any, *args: Any) -> SteeringError:
         ({"method": "m" * 65}, "method: 65 characters is over the 64-character limit; shorten it"),
         ({"extra": {"note": "\udcff"}}, "extra: not strict JSON (UnicodeEncodeError"),
         ({"extra": {"x": float("nan")}}, "extra: not strict JSON (ValueError: Out of range float values are not JSON compliant)"),
-        ({"extra": {"x": [float("inf")]}}, "extra: not strict JSON (ValueError: Out of range float values are not JSON compliant)"),
+        (
+            {"extra": {"x": [float("inf")]}},
+            "extra: not strict JSON (ValueError: Out of range float values are not JSON compliant)",
+        ),
         ({"extra": {"blob": "x" * MAX_EXTRA_JSON_CHARS}}, "extra: 16395 characters of JSON is over the 16384-character limit"),
         ({"extra": {"suggested_scale": 10**400}}, f"extra.suggested_scale: {str(10**400)[:40]} is not a finite number"),
         ({"extra": {"suggested_scale": "4"}}, "extra.suggested_scale: '4' is not a finite number; pass e.g. 4.0 or leave it out"),
@@ -182,7 +194,9 @@ def test_entry_refuses_bad_text_too() -> None:
         ({"extra": {"suggested_scale": 10**400}}, f"extra.suggested_scale: {str(10**400)[:40]} is not a finite number"),
     ],
 )
-def test_hand_written_bad_metadata_is_skipped_and_reported(registry: VectorRegistry, changes: dict[str, Any], reason: str) -> None:
+def test_hand_written_bad_metadata_is_skipped_and_reported(
+    registry: VectorRegistry, changes: dict[str, Any], reason: str
+) -> None:
     registry.add("good", torch.ones(4), description="fine")
     rewrite(registry.add("bad", torch.ones(4)).path, **changes)  # type: ignore[arg-type]
     entries = registry.list()
@@ -200,8 +214,11 @@ def test_hand_written_bad_metadata_is_skipped_and_reported(registry: VectorRegis
 
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["link", "no-link-fallback"])
-def test_concurrent_adds_of_one_name_have_exactly_one_winner(registry: VectorRegistry, monkeypatch: pytest.MonkeyPatch, hard_links: bool) -> None:
+def test_concurrent_adds_of_one_name_have_exactly_one_winner(
+    registry: VectorRegistry, monkeypatch: pytest.MonkeyPatch, hard_links: bool
+) -> None:
     if not hard_links:  # a file system without hard links: the O_EXCL fallback must be just as exclusive
+
         def no_link(src: Any, dst: Any, **kwargs: Any) -> None:
             raise OSError(errno.EPERM, "Operation not permitted")
 
@@ -227,7 +244,9 @@ def test_concurrent_adds_of_one_name_have_exactly_one_winner(registry: VectorReg
         winners = [i for i, r in results if r == "ok"]
         losers = [r for _, r in results if r != "ok"]
         assert len(winners) == 1 and len(losers) == threads - 1
-        assert set(losers) == {f"name: a vector 'same' already exists in {str(registry.root)!r}; pass overwrite=True or pick another name"}
+        assert set(losers) == {
+            f"name: a vector 'same' already exists in {str(registry.root)!r}; pass overwrite=True or pick another name"
+        }
         got = registry.get("same")  # the whole winner's file, never a mix
         assert got.description == f"thread {winners[0]}"
         assert torch.equal(got.vector, torch.full((64,), float(winners[0])))
@@ -238,7 +257,9 @@ def test_concurrent_adds_of_one_name_have_exactly_one_winner(registry: VectorReg
 def test_add_into_unwritable_folder_is_a_steering_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-folder").write_text("x")
     registry = VectorRegistry(tmp_path / "not-a-folder")
-    with pytest.raises(SteeringError, match=r"^registry: cannot write 'v.safetensors' in '.*not-a-folder' \(.*\); check the folder's permissions"):
+    with pytest.raises(
+        SteeringError, match=r"^registry: cannot write 'v.safetensors' in '.*not-a-folder' \(.*\); check the folder's permissions"
+    ):
         registry.add("v", torch.ones(4))
     with pytest.raises(SteeringError, match=r"^registry: cannot write 'v.safetensors'"):
         registry.add("v", torch.ones(4), overwrite=True)
@@ -270,17 +291,29 @@ def _corrupt(kind: str, good: Path) -> bytes:
     if kind == "metadata-not-object":
         return _raw({"__metadata__": 5, "vector": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
     if kind == "metadata-value-not-string":
-        return _raw({"__metadata__": {METADATA_KEY: 5}, "vector": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)
+        return _raw(
+            {"__metadata__": {METADATA_KEY: 5}, "vector": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4
+        )
     if kind == "deep-nesting":
         return st_save({"vector": torch.ones(4)}, metadata={METADATA_KEY: "[" * 100_000 + "]" * 100_000})
     if kind == "huge-integer":
-        return st_save({"vector": torch.ones(4)}, metadata={METADATA_KEY: '{"format": "sidesteer.vector", "version": ' + "9" * 5000 + "}"})
+        return st_save(
+            {"vector": torch.ones(4)}, metadata={METADATA_KEY: '{"format": "sidesteer.vector", "version": ' + "9" * 5000 + "}"}
+        )
     raise AssertionError(kind)
 
 
 CORRUPT_KINDS = [
-    "zero-bytes", "truncated", "random-bytes", "pickle", "spec-file", "plain-safetensors", "metadata-not-object",
-    "metadata-value-not-string", "deep-nesting", "huge-integer",
+    "zero-bytes",
+    "truncated",
+    "random-bytes",
+    "pickle",
+    "spec-file",
+    "plain-safetensors",
+    "metadata-not-object",
+    "metadata-value-not-string",
+    "deep-nesting",
+    "huge-integer",
 ]
 
 
@@ -345,7 +378,10 @@ def test_unreadable_file_is_reported(registry: VectorRegistry, monkeypatch: pyte
     monkeypatch.setattr(os, "open", deny)
     assert [e.name for e in registry.list()] == ["good"]
     assert registry.problems() == [
-        ("locked.safetensors", "registry vector 'locked.safetensors': cannot be read (Permission denied); check the file's permissions")
+        (
+            "locked.safetensors",
+            "registry vector 'locked.safetensors': cannot be read (Permission denied); check the file's permissions",
+        )
     ]
 
 
@@ -376,15 +412,27 @@ def test_layered_lookup_sees_root_then_shipped(tmp_path: Path, shipped: Path) ->
     assert repr(registry) == f"VectorRegistry({str(root)!r}, shipped={[str(shipped)]!r})"
     assert registry.names() == ["happy", "pirate"] and len(registry) == 2 and not root.exists()
     mine = registry.add("mine", torch.ones(4), model_id="m/x")
-    assert mine.path == root / "mine.safetensors" and sorted(p.name for p in shipped.iterdir()) == ["happy.safetensors", "pirate.safetensors"]
+    assert mine.path == root / "mine.safetensors" and sorted(p.name for p in shipped.iterdir()) == [
+        "happy.safetensors",
+        "pirate.safetensors",
+    ]
     assert registry.names() == ["happy", "mine", "pirate"] and len(registry) == 3
     assert [(e.name, e.path) for e in registry.list()] == [
-        ("happy", shipped / "happy.safetensors"), ("mine", root / "mine.safetensors"), ("pirate", shipped / "pirate.safetensors"),
+        ("happy", shipped / "happy.safetensors"),
+        ("mine", root / "mine.safetensors"),
+        ("pirate", shipped / "pirate.safetensors"),
     ]
     assert [e.name for e in registry.list(model="m/x")] == ["mine", "pirate"]
     assert registry.get("pirate").description == "arr" and registry.get("pirate").path == shipped / "pirate.safetensors"
     assert "pirate" in registry and "mine" in registry and "nope" not in registry and "../pirate" not in registry
-    assert [registry.is_shipped(n) for n in ("pirate", "happy", "mine", "nope", "../pirate", 3)] == [True, True, False, False, False, False]  # type: ignore[list-item]
+    assert [registry.is_shipped(n) for n in ("pirate", "happy", "mine", "nope", "../pirate", 3)] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]  # type: ignore[list-item]
     with pytest.raises(SteeringError) as info:
         registry.get("sad")
     assert str(info.value) == f"name: no vector 'sad' in {[str(root), str(shipped)]!r}; available: happy, mine, pirate"
@@ -412,7 +460,9 @@ def test_read_only_registry_refuses_every_write(tmp_path: Path, shipped: Path) -
     VectorRegistry(root).add("mine", torch.ones(4))
     registry = VectorRegistry(root, read_only=True, shipped=[shipped])
     assert not registry.writable and registry.read_only
-    assert READ_ONLY_MESSAGE == "registry: this deploy is read-only (SIDESTEER_READ_ONLY); vectors cannot be created or deleted here"
+    assert (
+        READ_ONLY_MESSAGE == "registry: this deploy is read-only (SIDESTEER_READ_ONLY); vectors cannot be created or deleted here"
+    )
     for call in (
         lambda: registry.add("new", torch.ones(4)),
         lambda: registry.add("mine", torch.ones(4), overwrite=True),
@@ -434,7 +484,10 @@ def test_user_file_hides_a_shipped_one_and_is_reported(tmp_path: Path, shipped: 
     assert registry.get("pirate").description == "mine now" and not registry.is_shipped("pirate")
     assert [e.name for e in registry.list()] == ["happy", "pirate"]
     assert registry.problems() == [
-        ("pirate.safetensors", "vector 'pirate' in 'shipped' is hidden by the one of the same name in 'user'; rename or remove one of them")
+        (
+            "pirate.safetensors",
+            "vector 'pirate' in 'shipped' is hidden by the one of the same name in 'user'; rename or remove one of them",
+        )
     ]
     registry.remove("pirate")  # removes the user's copy, which uncovers the shipped one
     assert registry.is_shipped("pirate") and registry.get("pirate").description == "arr"

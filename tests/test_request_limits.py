@@ -27,7 +27,10 @@ def test_prompt_plus_new_tokens_must_fit_the_context(model, monkeypatch):
     calls = []
     monkeypatch.setattr(model, "_generate", lambda *a, **k: calls.append(a))
     long = "x" * 600  # 601 tokens with bos
-    with pytest.raises(SteeringError, match=r"^prompts\[1\]: 601 prompt tokens \+ 4 max_new_tokens = 605 is over the context length of 512 tokens; shorten"):
+    with pytest.raises(
+        SteeringError,
+        match=r"^prompts\[1\]: 601 prompt tokens \+ 4 max_new_tokens = 605 is over the context length of 512 tokens; shorten",
+    ):
         model.generate(["hi", long], GenerationConfig(max_new_tokens=4))
     fits = "x" * 500  # 501 + 11 = 512: exactly the context
     with pytest.raises(SteeringError, match=r"prompts\[0\]: 501 prompt tokens \+ 12 max_new_tokens = 513 is over"):
@@ -41,9 +44,15 @@ def test_request_limits_are_checked_before_any_work(model, monkeypatch):
     monkeypatch.setattr(model, "_generate", lambda *a, **k: calls.append(a))
     model.limits = RequestLimits(max_prompt_tokens=10, max_new_tokens=8, max_prompts=2)
     cases = {
-        r"^prompts\[0\]: 12 prompt tokens is over the limit of 10; shorten the prompt": (["x" * 11], GenerationConfig(max_new_tokens=4)),
+        r"^prompts\[0\]: 12 prompt tokens is over the limit of 10; shorten the prompt": (
+            ["x" * 11],
+            GenerationConfig(max_new_tokens=4),
+        ),
         r"^max_new_tokens: 9 is over the limit of 8; ask for fewer tokens": (["hi"], GenerationConfig(max_new_tokens=9)),
-        r"^prompts: 3 prompts in one call is over the limit of 2; split the call": (["a", "b", "c"], GenerationConfig(max_new_tokens=4)),
+        r"^prompts: 3 prompts in one call is over the limit of 2; split the call": (
+            ["a", "b", "c"],
+            GenerationConfig(max_new_tokens=4),
+        ),
         # far too long to tokenise at all (32 characters per allowed token)
         r"^prompts: 321 characters is far over the limit of 10 prompt tokens": (["x" * 321], GenerationConfig(max_new_tokens=4)),
     }

@@ -105,7 +105,16 @@ def imported_packages(path: Path) -> set[str]:
 def test_rollouts_is_an_application_of_the_engine():
     """vectors <- engine <- rollouts: neither engine nor vectors imports rollouts; rollouts imports no UI."""
     files = sorted((ROOT / "rollouts").glob("*.py"))
-    assert {p.name for p in files} >= {"__init__.py", "datasets.py", "variants.py", "plan.py", "records.py", "manifest.py", "sharding.py", "run.py"}
+    assert {p.name for p in files} >= {
+        "__init__.py",
+        "datasets.py",
+        "variants.py",
+        "plan.py",
+        "records.py",
+        "manifest.py",
+        "sharding.py",
+        "run.py",
+    }
     uses = set().union(*(imported_packages(p) for p in files))
     assert {"engine", "vectors"} <= uses and uses.isdisjoint({"app", "gradio", "sidesteer", "bench"})
     below = [p for package in ("vectors", "engine") for p in sorted((ROOT / package).rglob("*.py"))]
@@ -234,7 +243,12 @@ def test_cli_writes_expected_files_and_records(hf_default, setup):
     assert len(records) == 4 * 2 * 2  # (baseline + 1 trained + 2 activation) x 2 prompts x 2 rollouts
     assert all(tuple(r) == RECORD_FIELDS for r in records)
     assert len(by_key(records)) == len(records)
-    assert Counter((r["variant"], r["scale"]) for r in records) == {("baseline", None): 4, ("trained", 1.0): 4, ("activation", -2.0): 4, ("activation", 2.0): 4}
+    assert Counter((r["variant"], r["scale"]) for r in records) == {
+        ("baseline", None): 4,
+        ("trained", 1.0): 4,
+        ("activation", -2.0): 4,
+        ("activation", 2.0): 4,
+    }
     for r in records:
         assert r["seed"] == record_seed(0, "tiny", r["prompt_id"], r["rollout"])
         assert 1 <= r["num_tokens"] <= 8 and r["finish_reason"] in ("stop", "length")
@@ -292,7 +306,9 @@ class DiesUnderBatch:
         self.calls += 1
         if self.calls == self.call:
             self.state = self.after
-            raise EngineDeadError("engine: the vLLM engine died during the call (RuntimeError('killed')); a new one is starting: retry the call")
+            raise EngineDeadError(
+                "engine: the vLLM engine died during the call (RuntimeError('killed')); a new one is starting: retry the call"
+            )
         self.state = "ready"
         return self.model.generate(*args, **kwargs)
 
@@ -306,7 +322,9 @@ def test_batch_the_engine_died_under_is_sent_again(hf_default, setup):
     proxy = DiesUnderBatch(hf_default, call=2)
     summary = run_rollouts(proxy, [dataset], registry, settings, out / "retried", progress=False)
     assert (reference.batches, summary.batches, summary.engine_retries, proxy.calls) == (3, 3, 1, 4)
-    assert read_records(out / "retried" / "tiny" / "rollouts.jsonl") == read_records(out / "reference" / "tiny" / "rollouts.jsonl")
+    assert read_records(out / "retried" / "tiny" / "rollouts.jsonl") == read_records(
+        out / "reference" / "tiny" / "rollouts.jsonl"
+    )
     assert json.loads((out / "retried" / "tiny" / "manifest.json").read_text())["runs"][-1]["status"] == "complete"
     # An engine that stays dead is not retried: the error ends the run (a rerun resumes it).
     dead = DiesUnderBatch(hf_default, call=2, status="dead")
@@ -380,7 +398,14 @@ def test_vllm_rollouts_counts_resume_and_batching(vllm_default, setup):
     assert len(batched) == 16
     assert json.loads((out / "batched" / "tiny" / "manifest.json").read_text())["backend"] == "vllm"
     with pytest.raises(Killed):
-        run_rollouts(DiesAfter(vllm_default, 2), [dataset], registry, RolloutSettings(**settings, batch_size=3), out / "single", progress=False)
+        run_rollouts(
+            DiesAfter(vllm_default, 2),
+            [dataset],
+            registry,
+            RolloutSettings(**settings, batch_size=3),
+            out / "single",
+            progress=False,
+        )
     assert len(read_records(out / "single" / "tiny" / "rollouts.jsonl")) == 6
     run_rollouts(vllm_default, [dataset], registry, RolloutSettings(**settings, batch_size=1), out / "single", progress=False)
     single = read_records(out / "single" / "tiny" / "rollouts.jsonl")

@@ -78,7 +78,14 @@ def test_header_contents():
     assert header["hidden_size"] == H and header["model_id"] == "tiny"
     assert "hidden_states[L+1]" in header["layer_convention"]
     assert header["op_order"] == ["add", "projection_cap", "ablation"]
-    assert set(header["sha256"]) == {"layers.2.vector", "layers.2.projection_cap.vector", "layers.2.ablation.vector", "layers.5.vector", "layers.7.projection_cap.vector", "layers.9.ablation.vector"}
+    assert set(header["sha256"]) == {
+        "layers.2.vector",
+        "layers.2.projection_cap.vector",
+        "layers.2.ablation.vector",
+        "layers.5.vector",
+        "layers.7.projection_cap.vector",
+        "layers.9.ablation.vector",
+    }
 
 
 def test_fingerprint_stable_and_sensitive():
@@ -158,8 +165,14 @@ def layer_entry(index: int, vector: bool = True, scale: float = 1.0) -> dict:
 
 def raw_spec_file(layers: dict, tensors: dict[str, torch.Tensor], **header) -> bytes:
     """Spec-file bytes with a hand-written header: the tensors' true hashes and a placeholder fingerprint."""
-    full = {"format": "sidesteer.steering_spec", "version": 1, "layers": layers, "fingerprint": "0" * 64,
-            "sha256": {name: safetensors_io.tensor_sha256(t) for name, t in tensors.items()}, **header}
+    full = {
+        "format": "sidesteer.steering_spec",
+        "version": 1,
+        "layers": layers,
+        "fingerprint": "0" * 64,
+        "sha256": {name: safetensors_io.tensor_sha256(t) for name, t in tensors.items()},
+        **header,
+    }
     return safetensors_io.encode(tensors, "sidesteer", full)
 
 
@@ -200,7 +213,10 @@ def test_bad_files(tmp_path):
         "wrong_version": (rewrite_header(good, lambda h: h.update(version=99)), "version: spec file version 99"),
         "sha_mismatch": (rewrite_header(good, lambda h: h["sha256"].update({"layers.5.vector": "0" * 64})), "sha256"),
         "missing_tensor": (rewrite_header(good, lambda h: h["layers"]["5"].update(vector="nope")), "does not hold"),
-        "cap_no_bound": (rewrite_header(good, lambda h: h["layers"]["7"]["projection_cap"].update(max=None)), r"layers\[7\].projection_cap: min and max are both None"),
+        "cap_no_bound": (
+            rewrite_header(good, lambda h: h["layers"]["7"]["projection_cap"].update(max=None)),
+            r"layers\[7\].projection_cap: min and max are both None",
+        ),
         "nan_tensor": (raw_spec_file({"0": layer_entry(0)}, nan), r"layers\[0\].vector: the vector holds NaN"),
         "matrix": (raw_spec_file({"0": layer_entry(0)}, {"layers.0.vector": torch.ones(2, H)}), "1-D"),
         "negative_layer": (raw_spec_file({"-2": layer_entry(0)}, {"layers.0.vector": torch.ones(H)}), "negative layer"),
@@ -270,10 +286,17 @@ def test_every_stored_tensor_is_named_by_exactly_its_own_field():
     assert _load_error(shared) == (
         "layers[1].vector: names tensor 'layers.0.vector', but this field's tensor is 'layers.1.vector'; the file is corrupt"
     )
-    cap_is_add = raw_spec_file({"0": {**layer_entry(0), "projection_cap": {"vector": "layers.0.vector", "min": None, "max": 1.0}}}, {"layers.0.vector": v})
-    assert _load_error(cap_is_add).startswith("layers[0].projection_cap.vector: names tensor 'layers.0.vector', but this field's tensor is 'layers.0.projection_cap.vector'")
+    cap_is_add = raw_spec_file(
+        {"0": {**layer_entry(0), "projection_cap": {"vector": "layers.0.vector", "min": None, "max": 1.0}}},
+        {"layers.0.vector": v},
+    )
+    assert _load_error(cap_is_add).startswith(
+        "layers[0].projection_cap.vector: names tensor 'layers.0.vector', but this field's tensor is 'layers.0.projection_cap.vector'"
+    )
     foreign_name = raw_spec_file({"0": {**layer_entry(0), "vector": "t"}}, {"t": v})
-    assert _load_error(foreign_name).startswith("layers[0].vector: names tensor 't', but this field's tensor is 'layers.0.vector'")
+    assert _load_error(foreign_name).startswith(
+        "layers[0].vector: names tensor 't', but this field's tensor is 'layers.0.vector'"
+    )
     unreferenced = raw_spec_file({"0": layer_entry(0)}, {"layers.0.vector": v, "layers.3.vector": v.clone()})
     assert _load_error(unreferenced) == (
         "tensors: the file holds tensor 'layers.3.vector', which no layer names; the file was edited or is corrupt"
@@ -319,7 +342,7 @@ def test_header_size_and_depth_are_bounded():
     assert _load_error(join(outer, tensor_data, deep_inner)) == (
         "spec file: the 'sidesteer' metadata nests 100001 levels deep, beyond the limit of 64; the file is corrupt or hostile"
     )
-    deep_outer = json.dumps({**outer, "x": "DEEP"}).replace('"DEEP"', "{\"a\": " * 5000 + "1" + "}" * 5000)
+    deep_outer = json.dumps({**outer, "x": "DEEP"}).replace('"DEEP"', '{"a": ' * 5000 + "1" + "}" * 5000)
     assert "the safetensors header nests 5001 levels deep, beyond the limit of 64" in _load_error(join(deep_outer, tensor_data))
     big_header = join(outer, tensor_data, json.dumps({**inner, "description": "x" * (2 * 1024 * 1024)}))
     assert _load_error(big_header) == (
@@ -329,7 +352,9 @@ def test_header_size_and_depth_are_bounded():
     # and no save path writes a file that loading would refuse
     big = full_spec()
     big.metadata.description = "x" * (2 * 1024 * 1024)
-    with pytest.raises(SteeringError, match=r"^metadata: the file's header would be \d+ bytes, over the 1048576-byte limit of readers"):
+    with pytest.raises(
+        SteeringError, match=r"^metadata: the file's header would be \d+ bytes, over the 1048576-byte limit of readers"
+    ):
         big.to_bytes()
 
 
@@ -346,18 +371,42 @@ def test_tensor_table_is_checked_before_any_tensor_is_built():
     cases = [
         (lambda o: o["layers.0.vector"].update(dtype="F16"), None, "tensor 'layers.0.vector': dtype 'F16' is not 'F32'"),
         (lambda o: o["layers.0.vector"].update(dtype="F64"), None, "tensor 'layers.0.vector': dtype 'F64' is not 'F32'"),
-        (lambda o: o["layers.0.vector"].update(shape=[0], data_offsets=[0, 0]), None, "tensor 'layers.0.vector': shape [0] is empty"),
+        (
+            lambda o: o["layers.0.vector"].update(shape=[0], data_offsets=[0, 0]),
+            None,
+            "tensor 'layers.0.vector': shape [0] is empty",
+        ),
         (lambda o: o["layers.0.vector"].update(shape=[70000]), None, "shape [70000] is beyond the limit hidden_size <= 65536"),
         (lambda o: o["layers.0.vector"].update(shape=["16"]), None, "shape ['16'] is not a list of sizes"),
         (lambda o: o["layers.0.vector"].update(shape=[4, 4]), None, "shape [4, 4] is not 1-D"),
-        (lambda o: o["layers.0.vector"].update(data_offsets=[0, 2**70]), None, "run past the end of the data (128 bytes): the file is truncated"),
+        (
+            lambda o: o["layers.0.vector"].update(data_offsets=[0, 2**70]),
+            None,
+            "run past the end of the data (128 bytes): the file is truncated",
+        ),
         (lambda o: o["layers.0.vector"].update(data_offsets=[-64, 0]), None, "data_offsets [-64, 0] are not 0 <= begin <= end"),
-        (lambda o: o["layers.0.vector"].update(data_offsets=[0, 1.5]), None, "data_offsets [0, 1.5] is not a [begin, end] pair of integers"),
-        (lambda o: o["layers.0.vector"].update(data_offsets=[0, 60]), None, "data_offsets [0, 60] span 60 bytes but shape [16] of float32 needs 64"),
+        (
+            lambda o: o["layers.0.vector"].update(data_offsets=[0, 1.5]),
+            None,
+            "data_offsets [0, 1.5] is not a [begin, end] pair of integers",
+        ),
+        (
+            lambda o: o["layers.0.vector"].update(data_offsets=[0, 60]),
+            None,
+            "data_offsets [0, 60] span 60 bytes but shape [16] of float32 needs 64",
+        ),
         (lambda o: o["layers.1.vector"].update(data_offsets=[0, size]), None, "data_offsets overlaps the tensor before it"),
-        (lambda o: o["layers.1.vector"].update(data_offsets=[size + 4, 2 * size + 4]), bytes(2 * size + 4), "data_offsets leaves a gap before it"),
+        (
+            lambda o: o["layers.1.vector"].update(data_offsets=[size + 4, 2 * size + 4]),
+            bytes(2 * size + 4),
+            "data_offsets leaves a gap before it",
+        ),
         (lambda o: None, bytes(2 * size + 8), "8 bytes after the last tensor belong to no tensor"),
-        (lambda o: o["layers.0.vector"].update(extra=1), None, "tensor 'layers.0.vector': expected an object with keys ['data_offsets', 'dtype', 'shape']"),
+        (
+            lambda o: o["layers.0.vector"].update(extra=1),
+            None,
+            "tensor 'layers.0.vector': expected an object with keys ['data_offsets', 'dtype', 'shape']",
+        ),
         (lambda o: o.update({"__metadata__": {"sidesteer": 5}}), None, "__metadata__['sidesteer'] is not a string"),
         (lambda o: o.update({"__metadata__": [1]}), None, "__metadata__ is not a JSON object"),
     ]
@@ -374,7 +423,10 @@ MALFORMED_FIELDS = [
     (lambda h: h["layers"]["5"].update(scale="2"), "layers[5].scale: expected a number, got '2'; pass a finite float"),
     (lambda h: h["layers"]["5"].update(scale=True), "layers[5].scale: expected a number, got True"),
     (lambda h: h["layers"]["5"].update(scale=[1.0]), "layers[5].scale: expected a number, got [1.0]"),
-    (lambda h: h["layers"]["5"].update(scale=10**400), "layers[5].scale: an integer of 1329 bits is not finite; pass a finite float"),
+    (
+        lambda h: h["layers"]["5"].update(scale=10**400),
+        "layers[5].scale: an integer of 1329 bits is not finite; pass a finite float",
+    ),
     (lambda h: h["layers"]["5"].update(scale=float("inf")), "layers[5].scale: inf is not finite"),
     (lambda h: h["layers"]["5"].update(scale=float("nan")), "layers[5].scale: nan is not finite"),
     (lambda h: h["layers"]["5"].update(scale=None), "layers[5].scale: expected a number, got None"),
@@ -400,9 +452,15 @@ MALFORMED_FIELDS = [
     (lambda h: h.update(layers="x"), "layers: expected an object of layer index -> ops, got 'x'"),
     (lambda h: h.update(sha256=[]), "sha256: expected an object of tensor name -> hex digest, got []"),
     (lambda h: h["sha256"].update({"layers.5.vector": "xyz"}), "sha256['layers.5.vector']: 'xyz' is not a sha256 hex digest"),
-    (lambda h: h["sha256"].update({"layers.6.vector": "0" * 64}), "sha256: records tensor 'layers.6.vector', which the file does not hold"),
+    (
+        lambda h: h["sha256"].update({"layers.6.vector": "0" * 64}),
+        "sha256: records tensor 'layers.6.vector', which the file does not hold",
+    ),
     (lambda h: h.update(fingerprint=5), "fingerprint: 5 is not a sha256 hex digest"),
-    (lambda h: h.update(op_order=["ablation", "add", "projection_cap"]), "op_order: ['ablation', 'add', 'projection_cap'] is not sidesteer's order"),
+    (
+        lambda h: h.update(op_order=["ablation", "add", "projection_cap"]),
+        "op_order: ['ablation', 'add', 'projection_cap'] is not sidesteer's order",
+    ),
     (lambda h: h.update(layer_convention=3), "layer_convention: expected a string, got 3"),
     (lambda h: h.update(extra={}), "header: unknown key 'extra'"),
 ]
@@ -414,4 +472,7 @@ def test_malformed_header_fields_raise_steering_error_naming_the_field():
         error = _load_error(rewrite_header(good, edit))
         assert error.startswith(message), (message, error)
     outer, _, tensor_data = split(good)
-    assert _load_error(join(outer, tensor_data, "[1, 2]")) == "spec file: the 'sidesteer' metadata is not a JSON object; the file is corrupt"
+    assert (
+        _load_error(join(outer, tensor_data, "[1, 2]"))
+        == "spec file: the 'sidesteer' metadata is not a JSON object; the file is corrupt"
+    )

@@ -60,7 +60,9 @@ def test_slot_zero_is_exact_noop_and_rows_route():
 def test_write_slot_in_place_and_reset():
     tables = SlotTables.empty(2, H)
     ptrs = {k: t.data_ptr() for k, t in tables.tensors().items()}
-    write_slot(tables, 2, layer_rows(LayerSteeringSpec(torch.ones(H), projection_cap=ProjectionCapSpec(torch.ones(H), max=1.0)), H))
+    write_slot(
+        tables, 2, layer_rows(LayerSteeringSpec(torch.ones(H), projection_cap=ProjectionCapSpec(torch.ones(H), max=1.0)), H)
+    )
     write_slot(tables, 2, layer_rows(None, H))
     assert {k: t.data_ptr() for k, t in tables.tensors().items()} == ptrs  # never rebound (CUDA-graph replay)
     fresh = SlotTables.empty(2, H)
@@ -89,7 +91,9 @@ def test_op_layout_subsets_compute_only_their_ops():
     x = torch.randn(4, H)
     idx = torch.ones(4, dtype=torch.long)
     assert torch.allclose(rows(x, idx, tables, frozenset({"add"})), x + 2.0 * v)
-    assert torch.equal(rows(x, idx, tables), steer_layer_output(x, layer)) or torch.allclose(rows(x, idx, tables), steer_layer_output(x, layer))
+    assert torch.equal(rows(x, idx, tables), steer_layer_output(x, layer)) or torch.allclose(
+        rows(x, idx, tables), steer_layer_output(x, layer)
+    )
 
 
 def test_steered_stream_stays_finite_and_bounded():

@@ -32,9 +32,24 @@ def vec(name: str) -> torch.Tensor:
 
 SPECS = {
     "add_two_layers": SteeringSpec({8: LayerSteeringSpec(vec("happy"), 2.0), 10: LayerSteeringSpec(vec("formal"), 1.5)}),
-    "cap": SteeringSpec({6: LayerSteeringSpec(projection_cap=ProjectionCapSpec(vec("happy"), min=-0.5, max=0.5)), 12: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(1), max=-2.0))}),
-    "ablation": SteeringSpec({4: LayerSteeringSpec(ablation=AblationSpec(rand(2), 0.0)), 9: LayerSteeringSpec(ablation=AblationSpec(vec("pirate"), 4.0))}),
-    "all_three": SteeringSpec({8: LayerSteeringSpec(vec("pirate"), 2.0, ProjectionCapSpec(vec("happy"), min=1.0), AblationSpec(vec("formal"), 0.0)), 29: LayerSteeringSpec(rand(3, 2.0), 1.0)}),
+    "cap": SteeringSpec(
+        {
+            6: LayerSteeringSpec(projection_cap=ProjectionCapSpec(vec("happy"), min=-0.5, max=0.5)),
+            12: LayerSteeringSpec(projection_cap=ProjectionCapSpec(rand(1), max=-2.0)),
+        }
+    ),
+    "ablation": SteeringSpec(
+        {
+            4: LayerSteeringSpec(ablation=AblationSpec(rand(2), 0.0)),
+            9: LayerSteeringSpec(ablation=AblationSpec(vec("pirate"), 4.0)),
+        }
+    ),
+    "all_three": SteeringSpec(
+        {
+            8: LayerSteeringSpec(vec("pirate"), 2.0, ProjectionCapSpec(vec("happy"), min=1.0), AblationSpec(vec("formal"), 0.0)),
+            29: LayerSteeringSpec(rand(3, 2.0), 1.0),
+        }
+    ),
 }
 
 
@@ -159,7 +174,9 @@ def test_stream_equals_generate(vllm_default):
 
 
 def test_abandoned_stream_frees_the_engine(vllm_default):
-    stream = vllm_default.generate_stream(PROMPTS[:2], GenerationConfig(max_new_tokens=200, ignore_eos=True), steering=SPECS["cap"])
+    stream = vllm_default.generate_stream(
+        PROMPTS[:2], GenerationConfig(max_new_tokens=200, ignore_eos=True), steering=SPECS["cap"]
+    )
     next(stream)
     stream.close()  # aborts both requests
     assert ids(vllm_default.generate(PROMPTS[:1], G32)) == ids(vllm_default.generate(PROMPTS[:1], G32))

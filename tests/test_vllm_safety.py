@@ -85,7 +85,10 @@ def test_an_over_long_prompt_fails_alone_and_the_engine_lives(vllm_default, clea
     limit = vllm_default.context_length
     assert limit == 1024
     long_prompt = list(range(1000, 1000 + limit + 8))
-    with pytest.raises(SteeringError, match=rf"prompts\[1\]: {limit + 8} prompt tokens \+ 8 max_new_tokens = {limit + 16} is over the context length of {limit} tokens"):
+    with pytest.raises(
+        SteeringError,
+        match=rf"prompts\[1\]: {limit + 8} prompt tokens \+ 8 max_new_tokens = {limit + 16} is over the context length of {limit} tokens",
+    ):
         vllm_default.generate_token_ids([PROMPTS[0], long_prompt], G8)
     # Past the driver's check (as a bug or a new code path would send it): vLLM refuses the request, and only that
     # call fails; the engine serves the next call.

@@ -39,7 +39,9 @@ def _state() -> WorkerSteering:
 
 
 def _new(rid: str, slot: int) -> SimpleNamespace:
-    return SimpleNamespace(req_id=rid, sampling_params=SimpleNamespace(extra_args={SLOT_ARG: slot} if slot else None), num_computed_tokens=0)
+    return SimpleNamespace(
+        req_id=rid, sampling_params=SimpleNamespace(extra_args={SLOT_ARG: slot} if slot else None), num_computed_tokens=0
+    )
 
 
 def _step(state: WorkerSteering, new=(), finished=(), batch=()) -> np.ndarray:
@@ -96,7 +98,11 @@ def test_summarize_kernels_counts_only_device_events():
     def ev(key: str, us: float, count: int, device: DeviceType) -> SimpleNamespace:
         return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=device)
 
-    events = [ev("gemm", 300.0, 10, DeviceType.CUDA), ev("cudaLaunchKernel", 999.0, 50, DeviceType.CPU), ev("triton_add", 20.5, 4, DeviceType.CUDA)]
+    events = [
+        ev("gemm", 300.0, 10, DeviceType.CUDA),
+        ev("cudaLaunchKernel", 999.0, 50, DeviceType.CPU),
+        ev("triton_add", 20.5, 4, DeviceType.CUDA),
+    ]
     out = summarize_kernels(events, top=1)
     assert out["kernel_us"] == pytest.approx(320.5)
     assert out["launches"] == 14
@@ -170,10 +176,14 @@ def test_bad_slot_writes_change_nothing():
         "slot 2 layer 0.abl_dir must be float32 bytes": [(2, {0: {**_payload(8, 3), "abl_dir": 0.0}})],
         # Payloads that bypass the driver's checks never reach the tables every request reads.
         r"slot 2 layer 0.add: holds NaN or Inf": [(2, {0: {**_payload(8, 3), "add": np.full(8, np.inf, "<f4").tobytes()}})],
-        r"slot 2 layer 0.cap_dir: holds NaN or Inf": [(2, {0: {**_payload(8, 3), "cap_dir": np.full(8, np.nan, "<f4").tobytes()}})],
+        r"slot 2 layer 0.cap_dir: holds NaN or Inf": [
+            (2, {0: {**_payload(8, 3), "cap_dir": np.full(8, np.nan, "<f4").tobytes()}})
+        ],
         r"slot 2 layer 0.add: norm 2.83e\+37 is beyond the limit 1e\+06": [(2, {0: {**_payload(8, 3), "add": huge}})],
         r"slot 2 layer 0.abl_dir: norm .* is neither 1": [(2, {0: {**_payload(8, 3), "abl_dir": np.ones(8, "<f4").tobytes()}})],
-        r"slot 2 layer 0.cap_max: nan is beyond": [(2, {0: {**_payload(8, 3), "cap_min": float("-inf"), "cap_max": float("nan")}})],
+        r"slot 2 layer 0.cap_max: nan is beyond": [
+            (2, {0: {**_payload(8, 3), "cap_min": float("-inf"), "cap_max": float("nan")}})
+        ],
         r"slot 2 layer 0.cap_min: 1e\+38 is beyond": [(2, {0: {**_payload(8, 3), "cap_min": 1e38, "cap_max": float("inf")}})],
         r"slot 2 layer 0.abl_scale: nan is beyond": [(2, {0: {**_payload(8, 3), "abl_scale": float("nan")}})],
         r"slot 2 layer 0: cap_min 2.0 > cap_max -1.5": [(2, {0: {**_payload(8, 3), "cap_min": 2.0, "cap_max": -1.5}})],
@@ -264,7 +274,12 @@ def test_requests_finished_in_a_step_without_tokens_are_forgotten():
 
     def out(new=(), finished=(), batch=None):
         batch = batch or {}
-        return SimpleNamespace(scheduled_new_reqs=list(new), finished_req_ids=set(finished), num_scheduled_tokens=batch, total_num_scheduled_tokens=sum(batch.values()))
+        return SimpleNamespace(
+            scheduled_new_reqs=list(new),
+            finished_req_ids=set(finished),
+            num_scheduled_tokens=batch,
+            total_num_scheduled_tokens=sum(batch.values()),
+        )
 
     assert runner.execute_model(out(new=[_new("s", 2), _new("u", 0)], batch={"s": 3, "u": 2})) == "ran"
     assert state.n_steered == 1 and state.slot_index[:5].tolist() == [2, 2, 2, 0, 0]

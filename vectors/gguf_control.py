@@ -68,7 +68,9 @@ def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | No
             )
         if layer.vector is not None:
             # Scale in float32, as the engine does; GGUF has no per-tensor scale.
-            directions[layer_to_llamacpp(index)] = (layer.vector * torch.tensor(layer.scale, dtype=torch.float32)).numpy().astype(np.float32)
+            directions[layer_to_llamacpp(index)] = (
+                (layer.vector * torch.tensor(layer.scale, dtype=torch.float32)).numpy().astype(np.float32)
+            )
     if not directions:
         raise SteeringError("spec: no layer has an add vector; a control vector needs at least one direction")
     # GGUFWriter drops empty strings, and repeng's reader needs the key: never write "".
@@ -145,7 +147,9 @@ def _direction(tensor: GGUFTensorInfo, data: bytes, what: str) -> tuple[int, tor
         raise SteeringError(f"{where} has shape {tensor.shape}, expected one dimension (hidden_size)")
     (hidden,) = tensor.shape
     if hidden > MAX_HIDDEN_SIZE:
-        raise SteeringError(f"{where} has {hidden} floats, beyond the limit hidden_size <= {MAX_HIDDEN_SIZE}; the file is malformed")
+        raise SteeringError(
+            f"{where} has {hidden} floats, beyond the limit hidden_size <= {MAX_HIDDEN_SIZE}; the file is malformed"
+        )
     vector = torch.from_numpy(np.frombuffer(data, dtype="<f4", count=hidden, offset=tensor.start).astype(np.float32))  # [hidden]
     return llamacpp_to_layer(int(match.group(1))), vector
 
@@ -154,7 +158,9 @@ def _read_gguf(data: bytes, name: str, what: str, model_id: str | None) -> Steer
     try:
         parsed = parse_gguf(data)
     except SteeringError as exc:
-        raise SteeringError(f"{what}: {name} is not a readable GGUF file: {exc}; export it again with llama.cpp or repeng") from exc
+        raise SteeringError(
+            f"{what}: {name} is not a readable GGUF file: {exc}; export it again with llama.cpp or repeng"
+        ) from exc
 
     def string_field(key: str) -> str | None:
         value = parsed.metadata.get(key)

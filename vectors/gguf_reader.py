@@ -60,9 +60,17 @@ class ValueType(IntEnum):
 
 
 SCALAR_FORMATS: dict[int, str] = {
-    ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
-    ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<B",
-    ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d",
+    ValueType.UINT8: "<B",
+    ValueType.INT8: "<b",
+    ValueType.UINT16: "<H",
+    ValueType.INT16: "<h",
+    ValueType.UINT32: "<I",
+    ValueType.INT32: "<i",
+    ValueType.FLOAT32: "<f",
+    ValueType.BOOL: "<B",
+    ValueType.UINT64: "<Q",
+    ValueType.INT64: "<q",
+    ValueType.FLOAT64: "<d",
 }
 STRING_HEADER = 8  # uint64 length
 ARRAY_HEADER = 12  # uint32 item type + uint64 count
@@ -70,8 +78,22 @@ MIN_KV_BYTES = STRING_HEADER + 1 + 4 + 1  # non-empty key, type, a 1-byte value
 MIN_TENSOR_INFO_BYTES = STRING_HEADER + 1 + 4 + 8 + 4 + 8  # non-empty name, n_dims, one size, type, offset
 
 # ggml types whose size is a whole number of bytes per element (the quantised types use blocks; we never read them).
-GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1", 24: "I8",
-                   25: "I16", 26: "I32", 27: "I64", 28: "F64", 30: "BF16"}
+GGML_TYPE_NAMES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    6: "Q5_0",
+    7: "Q5_1",
+    8: "Q8_0",
+    9: "Q8_1",
+    24: "I8",
+    25: "I16",
+    26: "I32",
+    27: "I64",
+    28: "F64",
+    30: "BF16",
+}
 GGML_ELEMENT_BYTES = {0: 4, 1: 2, 24: 1, 25: 2, 26: 4, 27: 8, 28: 8, 30: 2}
 GGML_F32 = 0
 
@@ -125,7 +147,9 @@ class _Cursor:
 
     def need(self, nbytes: int, field: str) -> None:
         if nbytes > self.remaining:
-            raise SteeringError(f"{field}: needs {nbytes} bytes but only {self.remaining} remain; the file is truncated or corrupt")
+            raise SteeringError(
+                f"{field}: needs {nbytes} bytes but only {self.remaining} remain; the file is truncated or corrupt"
+            )
 
     def unpack(self, fmt: str, field: str) -> Any:
         size = struct.calcsize(fmt)
@@ -255,7 +279,12 @@ def parse_gguf(data: bytes) -> GGUFFile:
             raise SteeringError(f"{field}: the key appears twice; the file is corrupt")
         metadata[key] = _value(cursor, _value_type(cursor, f"{field} type"), field, 0)
     alignment = metadata.get(ALIGNMENT_KEY, DEFAULT_ALIGNMENT)
-    if isinstance(alignment, bool) or not isinstance(alignment, int) or not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+    if (
+        isinstance(alignment, bool)
+        or not isinstance(alignment, int)
+        or not 0 < alignment <= MAX_ALIGNMENT
+        or alignment & (alignment - 1)
+    ):
         raise SteeringError(f"{ALIGNMENT_KEY}: {alignment!r} is not a power of two up to {MAX_ALIGNMENT}; the file is corrupt")
     infos = [_tensor_info(cursor, i) for i in range(tensor_count)]
     data_start = -(-cursor.pos // alignment) * alignment

@@ -104,7 +104,9 @@ def validate_name(name: Any) -> str:
     if _CONTROL.search(name) or _SURROGATE.search(name):
         raise SteeringError(f"name: {name!r:.80} holds a control or non-text character (e.g. a newline); {rule}")
     if len(name) > MAX_NAME_CHARS:
-        raise SteeringError(f"name: {name[:20]!r}... is {len(name)} characters, over the {MAX_NAME_CHARS}-character limit; {rule}")
+        raise SteeringError(
+            f"name: {name[:20]!r}... is {len(name)} characters, over the {MAX_NAME_CHARS}-character limit; {rule}"
+        )
     if not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise SteeringError(f"name: {name!r} is not a valid vector name; {rule}")
     if name.endswith("."):
@@ -150,7 +152,9 @@ def _check_extra(extra: Any) -> dict[str, Any]:
             "lists and dicts with string keys"
         ) from exc
     if len(text) > MAX_EXTRA_JSON_CHARS:
-        raise SteeringError(f"extra: {len(text)} characters of JSON is over the {MAX_EXTRA_JSON_CHARS}-character limit; keep only small metadata")
+        raise SteeringError(
+            f"extra: {len(text)} characters of JSON is over the {MAX_EXTRA_JSON_CHARS}-character limit; keep only small metadata"
+        )
     normalised = json.loads(text)
     scale = normalised.get("suggested_scale")
     if "suggested_scale" in normalised and (
@@ -212,11 +216,15 @@ class VectorEntry:
         if self.suggested_layer is not None and (
             isinstance(self.suggested_layer, bool) or not isinstance(self.suggested_layer, int) or self.suggested_layer < 0
         ):
-            raise SteeringError(f"suggested_layer: {self.suggested_layer!r} is not a 0-based layer index; pass an int >= 0 or None")
+            raise SteeringError(
+                f"suggested_layer: {self.suggested_layer!r} is not a 0-based layer index; pass an int >= 0 or None"
+            )
         if not math.isfinite(self.norm):
             raise SteeringError(f"vector: the norm of {self.name!r} overflows float32; rescale it")
         # Every string reaches the UI of every user: one lone surrogate or NaN here breaks its JSON for all of them.
-        self.description = _check_text("" if self.description is None else self.description, "description", MAX_DESCRIPTION_CHARS, multiline=True)
+        self.description = _check_text(
+            "" if self.description is None else self.description, "description", MAX_DESCRIPTION_CHARS, multiline=True
+        )
         if self.model_id is not None:
             _check_text(self.model_id, "model_id", MAX_MODEL_ID_CHARS)
         if not isinstance(self.method, str) or not self.method:
@@ -291,11 +299,17 @@ class VectorEntry:
         """
         header, tensors = decode(data, METADATA_KEY, what, max_bytes=MAX_VECTOR_FILE_BYTES)
         if header.get("format") != VECTOR_FORMAT:
-            raise SteeringError(f"{what}: format is {header.get('format')!r}, expected {VECTOR_FORMAT!r}; this is not a registry vector")
+            raise SteeringError(
+                f"{what}: format is {header.get('format')!r}, expected {VECTOR_FORMAT!r}; this is not a registry vector"
+            )
         if header.get("version") != VECTOR_VERSION:
-            raise SteeringError(f"{what}: version {header.get('version')!r} is not supported (expected {VECTOR_VERSION}); upgrade sidesteer")
+            raise SteeringError(
+                f"{what}: version {header.get('version')!r} is not supported (expected {VECTOR_VERSION}); upgrade sidesteer"
+            )
         if set(tensors) != {TENSOR_NAME}:
-            raise SteeringError(f"{what}: expected exactly one tensor {TENSOR_NAME!r}, found {sorted(tensors)}; the file is corrupt")
+            raise SteeringError(
+                f"{what}: expected exactly one tensor {TENSOR_NAME!r}, found {sorted(tensors)}; the file is corrupt"
+            )
         vector = tensors[TENSOR_NAME]
         if vector.dtype != torch.float32:
             raise SteeringError(f"{what}: tensor dtype {vector.dtype}, expected float32; re-add the vector through the registry")
@@ -305,7 +319,9 @@ class VectorEntry:
             raise SteeringError(f"{what}: the vector's sha256 does not match its header; the file is corrupt, re-add it")
         hidden = header.get("hidden_size")
         if hidden is not None and hidden != vector.numel():
-            raise SteeringError(f"{what}: header hidden_size={hidden} but the vector has {vector.numel()} floats; the file is corrupt")
+            raise SteeringError(
+                f"{what}: header hidden_size={hidden} but the vector has {vector.numel()} floats; the file is corrupt"
+            )
         extra = header.get("extra") or {}
         try:
             return cls(
@@ -372,7 +388,9 @@ class VectorRegistry:
         self._logged: set[tuple[str, str]] = set()  # problems already logged, so list() on every page load logs each once
 
     def __repr__(self) -> str:
-        extra = (", read_only=True" if self.read_only else "") + (f", shipped={[str(f) for f in self.shipped]!r}" if self.shipped else "")
+        extra = (", read_only=True" if self.read_only else "") + (
+            f", shipped={[str(f) for f in self.shipped]!r}" if self.shipped else ""
+        )
         return f"VectorRegistry({str(self.root)!r}{extra})"
 
     @property
@@ -417,7 +435,12 @@ class VectorRegistry:
             try:
                 paths = sorted(folder.iterdir()) if folder.is_dir() else None
             except OSError as exc:
-                problems.append((folder.name, f"registry folder {folder.name!r}: cannot be listed ({exc.strerror or exc}); check its permissions"))
+                problems.append(
+                    (
+                        folder.name,
+                        f"registry folder {folder.name!r}: cannot be listed ({exc.strerror or exc}); check its permissions",
+                    )
+                )
                 continue
             if paths is None:
                 if shipped:  # a missing user folder is normal (nothing added yet); a missing shipped one is a bad deploy
@@ -434,7 +457,12 @@ class VectorRegistry:
                     continue
                 if path.stem in found:  # the earlier folder wins; say so, since this file is never read
                     winner = found[path.stem][0].parent.name
-                    problems.append((path.name, f"vector {path.stem!r} in {folder.name!r} is hidden by the one of the same name in {winner!r}; rename or remove one of them"))
+                    problems.append(
+                        (
+                            path.name,
+                            f"vector {path.stem!r} in {folder.name!r} is hidden by the one of the same name in {winner!r}; rename or remove one of them",
+                        )
+                    )
                     continue
                 found[path.stem] = (path, shipped)
         return dict(sorted(found.items())), problems
@@ -467,7 +495,9 @@ class VectorRegistry:
         except SteeringError:
             raise
         except Exception as exc:  # json and safetensors parse untrusted bytes: any failure is a corrupt file, not a crash
-            raise SteeringError(f"{what}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); the file is corrupt, remove it or re-add the vector") from exc
+            raise SteeringError(
+                f"{what}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); the file is corrupt, remove it or re-add the vector"
+            ) from exc
         if entry.name != path.stem:
             raise SteeringError(f"{what}: the header names it {entry.name!r}; rename the file or re-add the vector")
         return entry
@@ -576,7 +606,9 @@ class VectorRegistry:
             else:
                 created = _create_exclusive(path, data)
         except OSError as exc:
-            raise SteeringError(f"registry: cannot write {path.name!r} in {str(self.root)!r} ({exc.strerror or exc}); check the folder's permissions and free space") from exc
+            raise SteeringError(
+                f"registry: cannot write {path.name!r} in {str(self.root)!r} ({exc.strerror or exc}); check the folder's permissions and free space"
+            ) from exc
         if not created:
             raise SteeringError(exists)
         return entry
@@ -596,9 +628,13 @@ class VectorRegistry:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise SteeringError(f"registry: cannot remove {path.name!r} from {str(self.root)!r} ({exc.strerror or exc}); check the folder's permissions") from exc
+            raise SteeringError(
+                f"registry: cannot remove {path.name!r} from {str(self.root)!r} ({exc.strerror or exc}); check the folder's permissions"
+            ) from exc
         if self._shipped_path(name) is not None:
-            raise SteeringError(f"name: {name!r} is a shipped vector and read-only; it comes with the app and cannot be removed here")
+            raise SteeringError(
+                f"name: {name!r} is a shipped vector and read-only; it comes with the app and cannot be removed here"
+            )
         available = ", ".join(self.names()) or "none"
         raise SteeringError(f"name: no vector {name!r} to remove in {self._where()}; available: {available}")
 

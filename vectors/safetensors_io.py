@@ -63,7 +63,9 @@ def encode(tensors: dict[str, torch.Tensor], metadata_key: str, header: dict[str
     """
     text = json.dumps(header, sort_keys=True)
     if strict_json.json_depth(text) > strict_json.MAX_JSON_DEPTH:
-        raise SteeringError(f"metadata: nests deeper than {strict_json.MAX_JSON_DEPTH} levels, which no reader accepts; flatten it")
+        raise SteeringError(
+            f"metadata: nests deeper than {strict_json.MAX_JSON_DEPTH} levels, which no reader accepts; flatten it"
+        )
     data = st_save({k: v.contiguous() for k, v in tensors.items()}, metadata={metadata_key: text})
     header_len = int.from_bytes(data[:8], "little")
     if header_len > MAX_HEADER_BYTES:
@@ -146,8 +148,12 @@ def _tensor_info(name: str, entry: Any, data_start: int, data_len: int, what: st
     if size <= 0:
         raise SteeringError(f"{where}: shape {show(shape)} is empty or negative; a vector holds hidden_size floats")
     if size > MAX_HIDDEN_SIZE:
-        raise SteeringError(f"{where}: shape {show(shape)} is beyond the limit hidden_size <= {MAX_HIDDEN_SIZE}; the file is corrupt")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise SteeringError(
+            f"{where}: shape {show(shape)} is beyond the limit hidden_size <= {MAX_HIDDEN_SIZE}; the file is corrupt"
+        )
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
         raise SteeringError(f"{where}: data_offsets {show(offsets)} is not a [begin, end] pair of integers; the file is corrupt")
     begin, end = offsets
     if not 0 <= begin <= end:
@@ -187,7 +193,9 @@ def read_container(data: bytes, what: str, max_bytes: int = MAX_FILE_BYTES) -> C
     if len(data) > max_bytes:
         raise SteeringError(f"{what}: {len(data)} bytes is over the {max_bytes}-byte limit; is it really a steering file?")
     if len(data) < 8:
-        raise SteeringError(f"{what}: {len(data)} bytes is too short to be a safetensors file; the file is truncated or of another kind")
+        raise SteeringError(
+            f"{what}: {len(data)} bytes is too short to be a safetensors file; the file is truncated or of another kind"
+        )
     header_len = int.from_bytes(data[:8], "little")
     if header_len <= 1 or 8 + header_len > len(data):
         raise SteeringError(
@@ -195,7 +203,9 @@ def read_container(data: bytes, what: str, max_bytes: int = MAX_FILE_BYTES) -> C
             "another format such as a pickled .pt renamed to .safetensors; export it again as safetensors"
         )
     if header_len > MAX_HEADER_BYTES:
-        raise SteeringError(f"{what}: the safetensors header is {header_len} bytes, beyond the limit of {MAX_HEADER_BYTES}; the file is corrupt or hostile")
+        raise SteeringError(
+            f"{what}: the safetensors header is {header_len} bytes, beyond the limit of {MAX_HEADER_BYTES}; the file is corrupt or hostile"
+        )
     raw_header = strict_json.loads(data[8 : 8 + header_len], f"{what}: the safetensors header")
     if not isinstance(raw_header, dict):
         raise SteeringError(f"{what}: the safetensors header is not a JSON object; the file is corrupt")
@@ -215,11 +225,15 @@ def read_container(data: bytes, what: str, max_bytes: int = MAX_FILE_BYTES) -> C
             raise SteeringError(f"{what}: tensor {info.name[:80]!r}: data_offsets {problem}; the file is corrupt")
         position = info.end
     if position != len(data):
-        raise SteeringError(f"{what}: {len(data) - position} bytes after the last tensor belong to no tensor; the file is corrupt")
+        raise SteeringError(
+            f"{what}: {len(data) - position} bytes after the last tensor belong to no tensor; the file is corrupt"
+        )
     return Container(data, metadata, tensors)
 
 
-def decode(data: bytes, metadata_key: str, what: str, max_bytes: int = MAX_FILE_BYTES) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def decode(
+    data: bytes, metadata_key: str, what: str, max_bytes: int = MAX_FILE_BYTES
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Parse safetensors bytes and return ``(header, tensors)`` (every tensor materialised).
 
     Raises:

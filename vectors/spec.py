@@ -66,11 +66,11 @@ def as_vector(value: Any, field_name: str, *, direction: bool = False, copy: boo
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise SteeringError(f"{field_name}: cannot read {type(value).__name__} as a vector ({exc}); pass a 1-D tensor") from exc
     if t.layout != torch.strided or t.is_complex() or t.dtype == torch.bool or t.is_quantized:
-        raise SteeringError(f"{field_name}: a {t.layout} tensor of dtype {t.dtype} is not a real float vector; pass a dense float tensor")
-    if t.dim() != 1:
         raise SteeringError(
-            f"{field_name}: expected a 1-D vector, got shape {tuple(t.shape)}; flatten it or pick one row"
+            f"{field_name}: a {t.layout} tensor of dtype {t.dtype} is not a real float vector; pass a dense float tensor"
         )
+    if t.dim() != 1:
+        raise SteeringError(f"{field_name}: expected a 1-D vector, got shape {tuple(t.shape)}; flatten it or pick one row")
     if t.numel() == 0:
         raise SteeringError(f"{field_name}: the vector is empty; pass hidden_size floats")
     if t.numel() > MAX_HIDDEN_SIZE:
@@ -148,7 +148,10 @@ class ProjectionCapSpec:
             if value is not None:
                 value = as_scalar(value, f"projection_cap.{name}")
                 check_limit(
-                    value, MAX_CAP_BOUND, f"projection_cap.{name}", name,
+                    value,
+                    MAX_CAP_BOUND,
+                    f"projection_cap.{name}",
+                    name,
                     "projections of the residual stream onto a unit direction are about 1-1e4",
                     "use a bound of the size of the projections you observe, or None for no bound",
                 )
@@ -187,7 +190,10 @@ class AblationSpec:
     def _check(self) -> None:
         self.scale = as_scalar(self.scale, "ablation.scale")
         check_limit(
-            self.scale, MAX_ABLATION_SCALE, "ablation.scale", "ablation scale",
+            self.scale,
+            MAX_ABLATION_SCALE,
+            "ablation.scale",
+            "ablation scale",
             "0 removes the component, 1 keeps it; a factor this large only saturates the model",
             "use 0 to remove the component, 1 to keep it, or a few to amplify it",
         )
@@ -240,7 +246,9 @@ class LayerSteeringSpec:
                     "scale or rescale the vector"
                 )
         if self.projection_cap is not None and not isinstance(self.projection_cap, ProjectionCapSpec):
-            raise SteeringError("projection_cap: expected a ProjectionCapSpec; build one with ProjectionCapSpec(vector, min, max)")
+            raise SteeringError(
+                "projection_cap: expected a ProjectionCapSpec; build one with ProjectionCapSpec(vector, min, max)"
+            )
         if self.ablation is not None and not isinstance(self.ablation, AblationSpec):
             raise SteeringError("ablation: expected an AblationSpec; build one with AblationSpec(vector, scale)")
 
@@ -272,7 +280,9 @@ class SpecMetadata:
     def validate(self) -> None:
         """Check the field types. Raises :class:`SteeringError` naming the field."""
         if self.model_id is not None and not isinstance(self.model_id, str):
-            raise SteeringError(f"metadata.model_id: expected a string or None, got {show(self.model_id)}; pass a hub id such as 'org/model'")
+            raise SteeringError(
+                f"metadata.model_id: expected a string or None, got {show(self.model_id)}; pass a hub id such as 'org/model'"
+            )
         if self.description is None:
             self.description = ""
         if not isinstance(self.description, str):

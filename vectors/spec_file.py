@@ -152,7 +152,9 @@ def _layer_index(key: str) -> int:
     if re.fullmatch(r"-[0-9]+", key):
         raise SteeringError(f"layers: key {show(key)} is a negative layer index; use 0-based indices 0..num_layers-1")
     if not LAYER_KEY.fullmatch(key):
-        raise SteeringError(f"layers: key {show(key)} is not a layer number; keys are plain decimal integers such as '8' (the file is corrupt)")
+        raise SteeringError(
+            f"layers: key {show(key)} is not a layer number; keys are plain decimal integers such as '8' (the file is corrupt)"
+        )
     if len(key) > len(str(MAX_LAYERS)) or int(key) >= MAX_LAYERS:
         raise SteeringError(f"layers: key {show(key)} is beyond the limit layer index < {MAX_LAYERS}; the file is corrupt")
     return int(key)
@@ -187,7 +189,9 @@ def _parse_layers(raw_layers: Any, container: Container) -> dict[int, dict[str, 
         entries[index] = entry
     for name in container.tensors:
         if name not in referenced:
-            raise SteeringError(f"tensors: the file holds tensor {name[:80]!r}, which no layer names; the file was edited or is corrupt")
+            raise SteeringError(
+                f"tensors: the file holds tensor {name[:80]!r}, which no layer names; the file was edited or is corrupt"
+            )
     return entries
 
 
@@ -234,7 +238,9 @@ def decode_spec_file(data: bytes) -> SpecFileContent:
     container = read_container(data, WHAT)
     header = container.metadata_json(METADATA_KEY, WHAT)
     if header.get("format") != SPEC_FORMAT:
-        raise SteeringError(f"format: expected {SPEC_FORMAT!r}, got {show(header.get('format'))}; this is not a sidesteer spec file")
+        raise SteeringError(
+            f"format: expected {SPEC_FORMAT!r}, got {show(header.get('format'))}; this is not a sidesteer spec file"
+        )
     version = header.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version != SPEC_VERSION:
         raise SteeringError(
@@ -245,7 +251,9 @@ def decode_spec_file(data: bytes) -> SpecFileContent:
     if not isinstance(header.get("layer_convention", ""), str):
         raise SteeringError(f"layer_convention: expected a string, got {show(header['layer_convention'])}; the file is corrupt")
     if header.get("op_order", list(OP_ORDER)) != list(OP_ORDER):
-        raise SteeringError(f"op_order: {show(header['op_order'])} is not sidesteer's order {list(OP_ORDER)}; the file is corrupt")
+        raise SteeringError(
+            f"op_order: {show(header['op_order'])} is not sidesteer's order {list(OP_ORDER)}; the file is corrupt"
+        )
     fingerprint = header["fingerprint"]
     if not isinstance(fingerprint, str) or not SHA256_HEX.fullmatch(fingerprint):
         raise SteeringError(f"fingerprint: {show(fingerprint)} is not a sha256 hex digest; the file is corrupt, re-export it")
@@ -253,7 +261,11 @@ def decode_spec_file(data: bytes) -> SpecFileContent:
     _check_hashes(header["sha256"], container)
     return SpecFileContent(
         layers={index: _plain_layer(entry, container) for index, entry in entries.items()},
-        metadata={"model_id": header.get("model_id"), "hidden_size": header.get("hidden_size"), "description": header.get("description")},
+        metadata={
+            "model_id": header.get("model_id"),
+            "hidden_size": header.get("hidden_size"),
+            "description": header.get("description"),
+        },
         fingerprint=fingerprint,
     )
 

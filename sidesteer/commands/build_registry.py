@@ -77,4 +77,3 @@ def main(argv: list[str] | None = None) -> int:
             steered = model.generate(DEMO_PROMPT, GenerationConfig(max_new_tokens=args.demo_tokens), steering=spec)[0].text
             print(f"  steered: {steered!r}")
     return 0
-

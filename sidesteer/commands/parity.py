@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     prompts = ["The weather today is", "Write a poem about the sea.", "1, 2, 3, 4,"]
     g = GenerationConfig(max_new_tokens=a.tokens, ignore_eos=True)
     ok = True
-    report: dict[str, object] = {"runner": vm.worker_info.get("runner"), "device": vm.worker_info.get("device"), "tensor_parallel_size": a.tensor_parallel_size}
+    report: dict[str, object] = {
+        "runner": vm.worker_info.get("runner"),
+        "device": vm.worker_info.get("device"),
+        "tensor_parallel_size": a.tensor_parallel_size,
+    }
     base_v = vm.generate(prompts, g)
     base_h = hf.generate(prompts, g)
     same = [x.token_ids == y.token_ids for x, y in zip(base_v, base_h, strict=True)]
@@ -120,4 +124,3 @@ def main(argv: list[str] | None = None) -> int:
     report["ok"] = bool(ok)
     print(json.dumps(report))
     return 0 if ok else 1
-

@@ -41,8 +41,13 @@ log = logging.getLogger("sidesteer.rollouts")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                   help="dataset names under --dataset-root, folders or .jsonl files (default: every dataset there)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="dataset names under --dataset-root, folders or .jsonl files (default: every dataset there)",
+    )
     p.add_argument("--dataset-root", type=Path, default=DEFAULT_DATASET_ROOT, help="where dataset names are looked up")
     p.add_argument("--dataset-stride", type=int, default=1, help="take every stride-th dataset (split work over machines)")
     p.add_argument("--dataset-offset", type=int, default=0, help="... starting at this index (0..stride-1)")
@@ -51,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-vllm", action="store_true", help="vLLM backend (default: transformers)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")
     p.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: engine replicas (vLLM data parallelism)")
-    p.add_argument("--distributed-executor-backend", choices=["mp", "ray"], default=None,
-                   help="vLLM: 'ray' to spread tensor/pipeline parallel ranks over a Ray cluster")
+    p.add_argument(
+        "--distributed-executor-backend",
+        choices=["mp", "ray"],
+        default=None,
+        help="vLLM: 'ray' to spread tensor/pipeline parallel ranks over a Ray cluster",
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM: memory share (default 0.9 GPU, 0.2 CPU)")
     p.add_argument("--quantization", default=None, help="vLLM quantization method (e.g. fp8, awq)")
     p.add_argument("--max-model-len", type=int, default=2048, help="vLLM: context length to reserve")
@@ -68,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-scales", nargs="*", type=float, default=[], help="scales of NAME.activation")
     p.add_argument("--normalize-steering", action="store_true", help="L2-normalise vectors before scaling")
     p.add_argument("--batch-size", type=int, default=256, help="completions per engine call (and per fsync)")
-    p.add_argument("--output-root", type=Path, default=project_root() / "runs" / "rollouts", help="parent of the per-dataset folders")
+    p.add_argument(
+        "--output-root", type=Path, default=project_root() / "runs" / "rollouts", help="parent of the per-dataset folders"
+    )
     p.add_argument("--log", type=Path, default=None, help="also append log messages to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p  # fmt: skip
@@ -119,7 +130,12 @@ def main(argv: list[str] | None = None, model=None) -> int:
             raise SteeringError(f"datasets: none given and none found in {str(args.dataset_root)!r}; pass --datasets NAME")
         selected = partition(names, args.dataset_stride, args.dataset_offset)
         if not selected:
-            log.info("no datasets for offset %d of stride %d (%d datasets); nothing to do", args.dataset_offset, args.dataset_stride, len(names))
+            log.info(
+                "no datasets for offset %d of stride %d (%d datasets); nothing to do",
+                args.dataset_offset,
+                args.dataset_stride,
+                len(names),
+            )
             return 0
         datasets = [load_dataset(name, args.dataset_root) for name in selected]
         registry = VectorRegistry(args.registry)
@@ -129,7 +145,9 @@ def main(argv: list[str] | None = None, model=None) -> int:
         model = model if model is not None else load_model(args)
         run_info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         run_info["argv"] = list(sys.argv if argv is None else argv)
-        summary = run_rollouts(model, datasets, registry, settings, args.output_root, run_info=run_info, progress=not args.no_progress)
+        summary = run_rollouts(
+            model, datasets, registry, settings, args.output_root, run_info=run_info, progress=not args.no_progress
+        )
     except SteeringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -137,4 +155,3 @@ def main(argv: list[str] | None = None, model=None) -> int:
     print(f"wrote {summary.records_written} records ({sum(summary.skipped.values())} already done) in {summary.seconds:.1f} s: "
           f"{rate:.2f} rec/s, {summary.tokens / max(summary.seconds, 1e-9):.1f} tok/s -> {args.output_root}")  # fmt: skip
     return 0
-

@@ -62,7 +62,9 @@ def _check_switch_layers(model: SteerableModel, first: int, second: int) -> str:
     rows = model.worker_slots(spec)  # type: ignore[attr-defined]
     model.clear_all_vectors()
     if spec.active_layers() != [second] or rows is None or sorted(rows) != [second]:
-        raise AssertionError(f"after switching to layer {second}: state {spec.active_layers()}, workers {None if rows is None else sorted(rows)}")
+        raise AssertionError(
+            f"after switching to layer {second}: state {spec.active_layers()}, workers {None if rows is None else sorted(rows)}"
+        )
     return f"layer {first} -> {second}: only layer {second} steered"
 
 
@@ -126,9 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
     start = time.perf_counter()
-    model = VLLMSteerModel(VLLMSteeringConfig(model_name=args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                                              gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
-                                              enforce_eager=args.enforce_eager))
+    model = VLLMSteerModel(
+        VLLMSteeringConfig(
+            model_name=args.model,
+            dtype=args.dtype,
+            tensor_parallel_size=args.tensor_parallel_size,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            enforce_eager=args.enforce_eager,
+        )
+    )
     print(f"engine ready in {time.perf_counter() - start:.1f} s: {model.info()['runner']}, {model.num_layers} layers")
     try:
         results = run_checks(model, args.layer)
@@ -136,4 +145,3 @@ def main(argv: list[str] | None = None) -> int:
         model.close()
     print(report(results))
     return 0 if all(ok for _, ok, _ in results) else 1
-
