@@ -21,7 +21,7 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(tmp_path):
         [
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "6", "--input-len", "8", "--output-len", "4",
             "--rounds", "2", "--only", "idle,compare_half,sweep_51_scales,idle_llm_generate,one_layer_llm_generate", "--aa-control", "--prewarm-prompts", "2",
-            "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05",
+            "--kernel-time-rounds", "1", "--latency-rounds", "2", "--hf-prompts", "2", "--gpu-memory-utilization", "0.05", "--engine-arg", "kv_cache_memory_bytes=67108864",
             "--max-slots", "8", "--steered-engine-last", "--work-dir", str(tmp_path / "work"), "--json", str(out),
             "--host-profile-rounds", "1", "--step-time-in-rounds",
         ]
@@ -103,9 +103,9 @@ def test_benchmark_without_hooks_runs_only_the_unsteered_configurations(tmp_path
             "--model", "random:qwen3-tiny", "--dtype", "float32", "--prompts", "4", "--input-len", "8", "--output-len", "4",
             "--rounds", "1", "--no-hooks", "--kernel-time-rounds", "0", "--latency-rounds", "2", "--hf-prompts", "0",
             "--engine-arg", "async_scheduling=true",
-            "--gpu-memory-utilization", "0.05", "--max-slots", "4", "--work-dir", str(tmp_path / "work"),
+            "--gpu-memory-utilization", "0.05", "--engine-arg", "kv_cache_memory_bytes=67108864", "--max-slots", "4", "--work-dir", str(tmp_path / "work"),
         ]
     )  # fmt: skip
     assert result["summary"].keys() == {"unsteered", "idle", "idle_llm_generate"}
     assert result["steered_engine"]["hooked_layers"] == 0 and "latency" not in result
-    assert result["workload"]["engine_args"] == ["async_scheduling=true"]
+    assert result["workload"]["engine_args"] == ["async_scheduling=true", "kv_cache_memory_bytes=67108864"]
