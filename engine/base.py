@@ -172,6 +172,11 @@ class SteerableModel(abc.ABC):
         """``"ready"``; the vLLM backend also reports ``"restarting"`` (rebuilding after its engine died) or ``"dead"``."""
         return "ready"
 
+    def _check_num_prompts(self, num_prompts: int) -> None:
+        limit = self.limits.max_prompts
+        if limit is not None and num_prompts > limit:
+            raise SteeringError(f"prompts: {num_prompts} prompts in one call is over the limit of {limit}; split the call")
+
     def check_request(self, prompt_ids: Sequence[Sequence[int]], config: GenerationConfig) -> None:
         """Refuse a call that breaks :attr:`limits` or the context length, before any work starts.
 
@@ -179,10 +184,7 @@ class SteerableModel(abc.ABC):
             SteeringError: Names the prompt, both numbers and the limit.
         """
         limits, context = self.limits, self.context_length
-        if limits.max_prompts is not None and len(prompt_ids) > limits.max_prompts:
-            raise SteeringError(
-                f"prompts: {len(prompt_ids)} prompts in one call is over the limit of {limits.max_prompts}; split the call"
-            )
+        self._check_num_prompts(len(prompt_ids))
         if limits.max_new_tokens is not None and config.max_new_tokens > limits.max_new_tokens:
             raise SteeringError(
                 f"max_new_tokens: {config.max_new_tokens} is over the limit of {limits.max_new_tokens}; ask for fewer tokens"
@@ -417,10 +419,7 @@ class SteerableModel(abc.ABC):
         if not isinstance(config, GenerationConfig):
             raise SteeringError(f"config: expected a GenerationConfig, got {type(config).__name__}")
         config.check_num_prompts(len(prompts))
-        if self.limits.max_prompts is not None and len(prompts) > self.limits.max_prompts:
-            raise SteeringError(
-                f"prompts: {len(prompts)} prompts in one call is over the limit of {self.limits.max_prompts}; split the call"
-            )
+        self._check_num_prompts(len(prompts))  # before tokenising them all
         specs = self.resolve_steering(len(prompts), steering)
         ids = [self.encode_prompt(p) for p in prompts]
         self.check_request(ids, config)

@@ -217,12 +217,9 @@ def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, An
     out: dict[int, dict[str, Any]] = {}
     for layer in spec.active_layers():
         rows = layer_rows(spec.layers[layer], hidden_size)
-        check_rows(
-            {name: rows[name].numpy() if rows[name].dim() else float(rows[name]) for name in ROW_FIELDS}, f"layers[{layer}]"
-        )
-        out[layer] = {
-            name: (rows[name].numpy().astype("<f4").tobytes() if rows[name].dim() else float(rows[name])) for name in ROW_FIELDS
-        }
+        values = {name: rows[name].numpy().astype("<f4") if rows[name].dim() else float(rows[name]) for name in ROW_FIELDS}
+        check_rows(values, f"layers[{layer}]")  # the worker checks the same again on receipt
+        out[layer] = {name: value.tobytes() if isinstance(value, np.ndarray) else value for name, value in values.items()}
     return out
 
 
