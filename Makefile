@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint browser clean
+.PHONY: setup run test lint browser screenshot clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ run: setup
 
 test: setup browser
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The README's picture: the browser test, saving its screenshot into the checkout (tests alone never write there).
+screenshot: setup browser
+	$(PY) -m pytest -q tests/test_app_browser.py --screenshot docs/screenshot.png --allow-checkout-changes
 
 lint: setup
 	$(VENV)/bin/ruff check .

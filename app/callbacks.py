@@ -15,11 +15,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import torch
 
 from app.limits import OPTIONS, AppLimits
+from app.runs import RunTracker
 from app.sanitize import escape_markdown
-from app.sides import ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS, ENGINE_RESTARTING_WAIT, SIDES, Pane, notice
+from app.sides import (
+    ENGINE_RESTARTING_RETRY,
+    ENGINE_RESTARTING_STATS,
+    ENGINE_RESTARTING_WAIT,
+    GENERATING,
+    SIDES,
+    STOPPED,
+    WAITING,
+    Pane,
+    notice,
+)
 from app.spec_editor import (
     IMPORTED_PREFIX,
     SESSION_PREFIX,
@@ -27,12 +39,14 @@ from app.spec_editor import (
     SessionVectors,
     VectorSource,
     count_rows,
+    names_by_layer,
     rows_to_spec,
     spec_to_rows,
 )
+from app.stamps import describe_setup, stamps
 from app.temp_files import ExportFolder, discard_upload, gradio_upload_dir
 from engine import EngineDeadError, GenerationConfig, SteerableModel, mean_difference
-from engine.base import Prompt
+from engine.generation import Prompt
 from vectors import (
     SpecMetadata,
     SteeringError,
@@ -45,18 +59,15 @@ from vectors.registry import VectorEntry, validate_name
 
 logger = logging.getLogger("sidesteer.app")
 
-REGISTRY_COLUMNS = [
-    "name",
-    "model",
-    "hidden size",
-    "suggested layer",
-    "suggested scale",
-    "norm",
-    "method",
-    "description",
-    "stored",
-]
+REGISTRY_COLUMNS = ["name", "layer", "hidden size", "norm", "scale", "description", "method", "stored", "model"]
+# Shown first by default: vectors that visibly steer the default prompt at their suggested scale.
+PREFERRED_DEFAULTS = ("pirate", "happy", "formal")
+EXPORTED_SPECS_REMEMBERED = 1024
+GENERATE_LABEL = "Generate"
+RESTART_LABEL = "Restart (cancels the running comparison)"
 SWEEP_COLUMNS = ["scale factor", "tokens", "completion"]
+SWEEP_RUNNING = "running…"  # marks a sweep row whose output has not finished yet
+SWEEP_YIELD_EVERY = 8
 MAX_SWEEP_SCALES = AppLimits().max_sweep_points
 SPEC_SUFFIXES = (".safetensors", ".gguf")
 CompareOutput = tuple[str, ...]
@@ -153,6 +164,10 @@ class Callbacks:
         self.registry_writable = registry_writable and registry.writable
         self.limits = limits or AppLimits()
         self.upload_dir = Path(upload_dir) if upload_dir else gradio_upload_dir()
+        self.runs = RunTracker()
+        # fingerprint -> {(layer, op): name} of specs this server exported, so that importing one of them gives back
+        # the names it was exported with, even where several registry vectors hold the same tensor.
+        self.exported_names: dict[str, dict[tuple[int, str], str]] = {}
 
     @property
     def read_only(self) -> bool:
@@ -239,6 +254,7 @@ class Callbacks:
         steering_mode: str,
         editor: Any,
         session: SessionVectors | None = None,
+        request: gr.Request | None = None,
     ) -> Iterator[CompareOutput]:
         """Generate the baseline and the steered completion of one prompt in one batch, streaming both.
 
@@ -257,27 +273,39 @@ class Callbacks:
             editor: Spec editor rows (layer, vector, scale, cap vector, cap min, cap max, ablation vector, ablation scale).
 
         Returns:
-            Baseline text, steered text, baseline stats, steered stats (streamed; the last yield is final). While the
-            engine restarts, both panes say so.
+            Baseline text, steered text, baseline stats, steered stats (streamed; the last yield is final). Each stats
+            line ends with a stamp of what produced the pane (setup, spec fingerprint, sampling). While the engine
+            restarts, both panes say so. A newer compare call of the same browser session stops this one.
         """
-        request = build_prompt(prompt, system_prompt, raw_completion)
-        self.check_prompt(request)
+        prompt_request = build_prompt(prompt, system_prompt, raw_completion)
+        self.check_prompt(prompt_request)
         spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
         config = self.config(len(SIDES), max_new_tokens, temperature, top_p, seed)
+        setup = describe_setup(vector, layer, scale, steering_mode, editor)
+        labels = stamps(setup, spec, config)
         status = self.engine.status()
         if status == "dead":
             raise SteeringError(ENGINE_DEAD)
+        run = self.runs.start(request.session_hash if request and request.session_hash else f"anonymous-{id(spec)}")
         if status == "restarting":
             yield notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS)  # the call below waits for the new engine
         panes = [Pane() for _ in SIDES]
+
+        def output(stopped: bool = False) -> CompareOutput:
+            return tuple(p.text for p in panes) + tuple(
+                f"{p.stats(stopped)}  \n{label}" for p, label in zip(panes, labels, strict=True)
+            )
+
         stream = None
         try:
             stream = self.engine.generate_stream(
-                [request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES]
+                [prompt_request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES]
             )
             for event in stream:
+                if not self.runs.is_current(run):
+                    return  # a newer Generate of this session took over: its output fills the panes
                 panes[event.index].push(event)
-                yield tuple(p.text for p in panes) + tuple(p.stats() for p in panes)
+                yield output()
         except EngineDeadError as exc:  # it died under this request: nothing ran, the next click will
             logger.warning("compare: %s", exc)
             yield notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS)
@@ -285,7 +313,18 @@ class Callbacks:
         finally:
             if stream is not None:
                 stream.close()  # on Stop, Gradio drops this generator: closing the stream ends the engine request
-        yield tuple(p.text for p in panes) + tuple(p.stats(stopped=True) for p in panes)
+            self.runs.finish(run)
+        yield output(stopped=True)
+
+    def generate_label(self, request: gr.Request | None = None) -> str:
+        """The Generate button's label: "Restart" while a comparison of this session streams (a click restarts it)."""
+        session = request.session_hash if request else None
+        return RESTART_LABEL if session and self.runs.streaming(session) else GENERATE_LABEL
+
+    @staticmethod
+    def stopped_stats(*stats: str) -> tuple[str, ...]:
+        """Stats lines after Stop: a line still saying "generating…" or "waiting for the model…" says "stopped"."""
+        return tuple((line or "").replace(GENERATING, STOPPED).replace(WAITING, STOPPED) for line in stats)
 
     def sweep(
         self,
@@ -303,22 +342,41 @@ class Callbacks:
         editor: Any,
         scales: str,
         session: SessionVectors | None = None,
-    ) -> Rows:
+    ) -> Iterator[Rows]:
         """Run the current setup at several scale factors in one batch (one row per factor, same seed for all).
+
+        Streams: every row shows its text so far and ``running`` until it ends; a row is final the moment its scale's
+        output finishes, and the yields come as rows finish (and every few tokens in between).
 
         Args:
             scales: Comma-separated factors that multiply every add scale of the setup, e.g. "-2, -1, 0, 1, 2".
 
         Returns:
-            Rows of (scale factor, tokens, completion).
+            Rows of (scale factor, tokens, completion); the last yield is final (every row done).
         """
         request = build_prompt(prompt, system_prompt, raw_completion)
         factors = parse_scales(scales, self.limits.max_sweep_points)
         self.check_prompt(request)
         spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
         config = self.config(len(factors), max_new_tokens, temperature, top_p, seed)
-        outputs = self.engine.generate([request] * len(factors), config, steering=[spec.scaled(f) for f in factors])
-        return [[factor, out.num_tokens, out.text] for factor, out in zip(factors, outputs, strict=True)]
+        panes = [Pane() for _ in factors]
+
+        def grid() -> Rows:
+            return [
+                [factor, p.num_tokens, p.text if p.finish_reason else f"{p.text} [{SWEEP_RUNNING}]".lstrip()]
+                for factor, p in zip(factors, panes, strict=True)
+            ]
+
+        yield grid()
+        stream = self.engine.generate_stream([request] * len(factors), config, steering=[spec.scaled(f) for f in factors])
+        try:
+            for count, event in enumerate(stream, 1):
+                panes[event.index].push(event)
+                if event.finished or count % SWEEP_YIELD_EVERY == 0:  # a browser update per token per row is too many
+                    yield grid()
+        finally:
+            stream.close()  # Gradio drops this generator on cancel: end the engine request
+        yield grid()
 
     # -- spec files ------------------------------------------------------------------------------------------------
     def export_spec(
@@ -337,6 +395,7 @@ class Callbacks:
             Path of the spec file to download.
         """
         spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
+        self._remember_names(spec, names_by_layer(vector, layer, steering_mode, editor))
         return str(spec.save(self.exports.new_path(f"spec-{spec.fingerprint()[:12]}.safetensors")))
 
     def export_gguf(
@@ -349,13 +408,22 @@ class Callbacks:
         description: str,
         session: SessionVectors | None = None,
     ) -> str:
-        """Export the current setup's add vectors as a llama.cpp control vector (.gguf; layer L becomes direction.L+1).
+        """Export the current setup's add vectors as a llama.cpp control vector (.gguf).
+
+        Layer L becomes ``direction.L``, the output of llama.cpp's block L; layer 0 has no llama.cpp slot and is refused.
 
         Returns:
             Path of the GGUF file to download.
         """
         spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
         return str(export_gguf_control_vector(spec, self.exports.new_path(f"control-vector-{spec.fingerprint()[:12]}.gguf")))
+
+    def _remember_names(self, spec: SteeringSpec, names: dict[tuple[int, str], str]) -> None:
+        fingerprint = spec.fingerprint()
+        self.exported_names.pop(fingerprint, None)
+        self.exported_names[fingerprint] = names
+        while len(self.exported_names) > EXPORTED_SPECS_REMEMBERED:  # oldest first (dicts keep insertion order)
+            self.exported_names.pop(next(iter(self.exported_names)))
 
     def _read_upload(self, path: Path) -> SteeringSpec:
         """The spec in an uploaded file, checked against the limits and the loaded model."""
@@ -392,7 +460,7 @@ class Callbacks:
             spec = self._read_upload(path)
         finally:
             discard_upload(path, self.upload_dir)
-        rows, vectors = spec_to_rows(spec, self._named_tensors(session))
+        rows, vectors = spec_to_rows(spec, self._named_tensors(session), self.exported_names.get(spec.fingerprint()))
         kept = {name: v for name, v in (session or {}).items() if not name.startswith(IMPORTED_PREFIX)}  # the previous file's go
         # Everything from the file is shown as plain text: a stranger wrote it.
         status = f"Imported **{escape_markdown(path.name)}**: {len(rows)} layer(s), fingerprint `{spec.fingerprint()[:12]}`"
@@ -419,19 +487,19 @@ class Callbacks:
         """Registry vectors (and this session's own) that fit the loaded model.
 
         Returns:
-            Rows of (name, model, hidden size, suggested layer, suggested scale, norm, method, description, stored).
+            Rows of (name, suggested layer, hidden size, norm, suggested scale, description, method, stored, model).
         """
         return [
             [
                 name,
-                e.model_id or "",
-                e.hidden_size,
                 e.suggested_layer,
+                e.hidden_size,
+                round(e.norm, 2),
                 e.suggested_scale,
-                round(e.norm, 3),
-                e.method,
                 e.description,
+                e.method,
                 self._stored(name),
+                e.model_id or "",
             ]
             for name, e in self.known_vectors(session)
         ]
@@ -446,7 +514,13 @@ class Callbacks:
         return details
 
     def vector_names(self, session: SessionVectors | None = None) -> list[str]:
+        """Names of every vector that fits the loaded model (registry first, then this session's)."""
         return [name for name, _ in self.known_vectors(session)]
+
+    def default_vector(self) -> str | None:
+        """The vector selected at start: one that visibly steers at its suggested scale when the registry has it."""
+        names = self.vector_names()
+        return next((n for n in PREFERRED_DEFAULTS if n in names), names[0] if names else None)
 
     def vector_details(self, name: str | None, session: SessionVectors | None = None) -> dict[str, Any]:
         """All metadata of one registry vector."""

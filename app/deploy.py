@@ -23,6 +23,7 @@ logger = logging.getLogger("sidesteer.app")
 
 READ_ONLY_ENV = "SIDESTEER_READ_ONLY"
 REGISTRY_ENV = "SIDESTEER_REGISTRY"
+CREATE_REGISTRY_ENV = "SIDESTEER_CREATE_REGISTRY"
 DATA_DIR_ENV = "SIDESTEER_DATA_DIR"
 SPACES_ENV = "SPACE_ID"  # set by Hugging Face Spaces in every Space's environment
 SHIPPED_REGISTRY = Path(__file__).resolve().parents[1] / "registry" / "smollm2"
@@ -70,6 +71,33 @@ def user_registry_dir(environ: Mapping[str, str], registry: str | None = None) -
         else Path(os.path.expanduser("~")) / ".local" / "share"
     )
     return data_home / "sidesteer" / "registry"
+
+
+def check_registry_folder(folder: Path, source: str | None, *, create: bool = False) -> None:
+    """An explicit registry folder must exist (a typo would otherwise show an empty registry); ``create`` makes it.
+
+    The default folder (``source`` None) is created by the registry on its first write, so it may be missing.
+
+    Args:
+        folder: The user registry folder.
+        source: Where the folder was given (``--registry`` or ``$SIDESTEER_REGISTRY``); None for the default.
+        create: Create a missing folder (``--create-registry``) instead of failing.
+
+    Raises:
+        SteeringError: ``folder`` is a file, or was given explicitly, does not exist and ``create`` is False.
+    """
+    name = source or "registry"
+    if folder.exists() and not folder.is_dir():
+        raise SteeringError(f"{name}: {str(folder)!r} is a file, not a folder; pass the folder that holds the vectors")
+    if folder.is_dir() or source is None:
+        return
+    if not create:
+        raise SteeringError(
+            f"{name}: folder {str(folder)!r} does not exist ({folder.resolve()}); check the path, or pass "
+            f"--create-registry (or set {CREATE_REGISTRY_ENV}=1) to start an empty registry there"
+        )
+    folder.mkdir(parents=True)
+    logger.info("registry: created the empty folder %s (--create-registry)", folder)
 
 
 def open_registry(user_dir: Path, *, read_only: bool, shipped: Sequence[Path] = (SHIPPED_REGISTRY,)) -> VectorRegistry:

@@ -54,9 +54,10 @@ def to_gr_error(exc: Exception, where: str) -> gr.Error:
     return gr.Error(f"internal error; the server logged it as {error_id}", title="Internal error")
 
 
-def user_errors(fn: F) -> F:
-    """Wrap a handler (plain function or generator) so that every exception surfaces as a safe ``gr.Error``.
+def on_errors(fn: F, handle: Callable[[Exception, str], Any]) -> F:
+    """Wrap a handler (plain function or generator): an exception goes to ``handle(exc, where)``.
 
+    A plain function returns what ``handle`` returns; a generator simply ends after ``handle`` (which may raise).
     ``functools.wraps`` keeps the signature and docstring, which Gradio reads for its API page.
     """
     where = getattr(fn, "__qualname__", repr(fn))
@@ -67,7 +68,7 @@ def user_errors(fn: F) -> F:
             try:
                 yield from fn(*args, **kwargs)
             except Exception as exc:
-                raise to_gr_error(exc, where) from None
+                handle(exc, where)
 
         return generator  # type: ignore[return-value]
 
@@ -76,6 +77,15 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            raise to_gr_error(exc, where) from None
+            return handle(exc, where)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _raise(exc: Exception, where: str) -> None:
+    raise to_gr_error(exc, where) from None
+
+
+def user_errors(fn: F) -> F:
+    """Wrap a handler (plain function or generator) so that every exception surfaces as a safe ``gr.Error``."""
+    return on_errors(fn, _raise)

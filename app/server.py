@@ -16,6 +16,8 @@ from app.limits import AppLimits
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+HOST_ENV = "GRADIO_SERVER_NAME"  # Gradio's own variables; Spaces set them
+PORT_ENV = "GRADIO_SERVER_PORT"
 # A spec for a 70B model (8192 hidden x 80 layers x 3 ops, fp32) is ~8 MB; nothing legitimate is bigger.
 MAX_UPLOAD_SIZE = AppLimits().max_file_size
 SECURITY_HEADERS: dict[str, str] = {
@@ -55,12 +57,12 @@ class SecurityHeadersMiddleware:
 
 def default_host() -> str:
     """``$GRADIO_SERVER_NAME`` or 127.0.0.1 (local only; pass 0.0.0.0 to serve a network)."""
-    return os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
+    return os.environ.get(HOST_ENV) or DEFAULT_HOST
 
 
 def default_port() -> int:
     """``$GRADIO_SERVER_PORT`` or 7860."""
-    return int(os.environ.get("GRADIO_SERVER_PORT") or DEFAULT_PORT)
+    return int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
 
 
 def launch_kwargs(

@@ -34,6 +34,10 @@ SIDES: tuple[Side, ...] = (
 ENGINE_RESTARTING_WAIT = "engine restarting — your request will run when it is back"
 ENGINE_RESTARTING_RETRY = "engine restarting — your request did not run; press Generate again in a moment"
 ENGINE_RESTARTING_STATS = "engine restarting…"
+GENERATING = "generating…"
+STOPPED = "stopped"
+# From the click until the first token: the request waits in the queue or for the engine (other users' runs).
+WAITING = "waiting for the model…"
 
 
 def notice(text: str, stats: str) -> tuple[str, ...]:
@@ -63,6 +67,6 @@ class Pane:
         """One line: tokens, seconds, tokens per second and why it ended."""
         rate = self.num_tokens / self.elapsed if self.elapsed > 0 else 0.0
         state = {"stop": "finished", "length": "hit max tokens", "abort": "aborted"}.get(
-            self.finish_reason or "", "stopped" if stopped else "generating…"
+            self.finish_reason or "", STOPPED if stopped else GENERATING
         )
         return f"{self.num_tokens} tokens · {self.elapsed:.1f} s · {rate:.1f} tok/s · {state}"

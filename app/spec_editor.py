@@ -162,28 +162,58 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
     return spec
 
 
+OPS = ("vector", "cap", "ablation")
+NameKey = tuple[int, str]  # (layer, op): which cell of the editor a vector name fills
+
+
+def names_by_layer(vector: str | None, layer: Any, steering_mode: str, editor: Any) -> dict[NameKey, str]:
+    """The vector names the controls use, by (layer, op): what a round trip through a spec file should give back."""
+    if steering_mode != "editor":
+        return {(int(float(layer)), "vector"): vector} if vector else {}
+    if isinstance(editor, Mapping):
+        editor = editor.get("data") or []
+    names: dict[NameKey, str] = {}
+    for row in editor or []:
+        cells = list(row) + [None] * len(COLUMNS)
+        if _is_blank(cells[0]):
+            continue
+        index = int(float(cells[0]))
+        for op, column in zip(OPS, (1, 3, 6), strict=True):
+            if (name := _name(cells[column])) is not None:
+                names[(index, op)] = name
+    return names
+
+
 def spec_to_rows(
-    spec: SteeringSpec, entries: Sequence[VectorEntry] | Mapping[str, torch.Tensor]
+    spec: SteeringSpec,
+    entries: Sequence[VectorEntry] | Mapping[str, torch.Tensor],
+    preferred: Mapping[NameKey, str] | None = None,
 ) -> tuple[Rows, dict[str, torch.Tensor]]:
     """Editor rows for ``spec``; vectors equal to a known vector get its name, others a ``file:`` name.
+
+    Several known vectors may hold the same tensor (``happy`` and ``happy.activation``): the name in ``preferred``
+    wins (the name the spec was exported with), else the shortest name, so the base name beats its variants.
 
     Args:
         spec: The spec to show.
         entries: Registry vectors, or a name -> tensor map, to match tensors against (exact float32 equality).
+        preferred: Names by (layer, op) to use when their tensor matches.
 
     Returns:
         ``(rows, imported)``: the rows, and the ``file:`` name -> tensor map the rows refer to.
     """
     imported: dict[str, torch.Tensor] = {}
     known = list(entries.items()) if isinstance(entries, Mapping) else [(e.name, e.vector) for e in entries]
+    preferred = preferred or {}
 
-    def name_for(tensor: torch.Tensor | None, label: str) -> str | None:
+    def name_for(tensor: torch.Tensor | None, index: int, op: str) -> str | None:
         if tensor is None:
             return None
-        for name, vector in known:
-            if vector.shape == tensor.shape and torch.equal(vector, tensor):
-                return name
-        name = f"{IMPORTED_PREFIX}{label}"
+        matches = [name for name, vector in known if vector.shape == tensor.shape and torch.equal(vector, tensor)]
+        if matches:
+            wanted = preferred.get((index, op))
+            return wanted if wanted in matches else min(matches, key=len)
+        name = f"{IMPORTED_PREFIX}L{index}.{op}"
         imported[name] = tensor
         return name
 
@@ -194,12 +224,12 @@ def spec_to_rows(
         rows.append(
             [
                 index,
-                name_for(layer.vector, f"L{index}.vector"),
+                name_for(layer.vector, index, "vector"),
                 layer.scale if layer.vector is not None else None,
-                name_for(cap.vector if cap else None, f"L{index}.cap"),
+                name_for(cap.vector if cap else None, index, "cap"),
                 cap.min if cap else None,
                 cap.max if cap else None,
-                name_for(ablation.vector if ablation else None, f"L{index}.ablation"),
+                name_for(ablation.vector if ablation else None, index, "ablation"),
                 ablation.scale if ablation else None,
             ]
         )

@@ -2,7 +2,9 @@
 
 Every user action is an event with a stable ``api_name`` (the same names in the browser and for ``gradio_client``);
 every component a test touches has an ``elem_id``. Handlers live in :mod:`app.callbacks`; each one is wrapped by
-:func:`app.errors.user_errors` here, the one place steering errors become ``gr.Error``.
+:func:`app.errors.user_errors` here, the one place steering errors become ``gr.Error``. Actions whose mistakes are
+common (a bad vector name, a bad upload) are wired by :func:`app.events.on_page_and_api`: on the page a mistake is a
+warning toast that leaves no red "Error" badge on the controls; the API endpoint of the same name still raises.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from typing import Any
 
 import gradio as gr
 
-from app.callbacks import REGISTRY_COLUMNS, SPEC_SUFFIXES, SWEEP_COLUMNS, Callbacks
+from app.api_inputs import name_inputs, vector_dropdown
+from app.callbacks import GENERATE_LABEL, RESTART_LABEL, SPEC_SUFFIXES, SWEEP_COLUMNS, Callbacks
 from app.errors import user_errors
+from app.events import on_page_and_api
 from app.limits import AppLimits
-from app.sides import SIDES
+from app.registry_tab import NO_LATEX, registry_tab
+from app.sides import SIDES, WAITING
 from app.spec_editor import COLUMNS, DATATYPES
+from app.stamps import BASELINE_ONLY, STEERED_ONLY, word_diff
 from engine import SteerableModel
 from vectors import LAYER_CONVENTION, VectorRegistry
 
@@ -27,7 +33,6 @@ SCALE_RANGE = 20.0
 DEFAULT_NEW_TOKENS = 64
 # Gradio's cache (uploads, the copies of exports it serves): every 15 min, delete this app's files older than 1 h.
 DELETE_CACHE = (900, 3600)
-NO_LATEX: list[dict[str, Any]] = []  # status lines show strangers' text: no $$...$$ rendering either
 
 READ_ONLY_MODE = (
     "**Registry: read-only (public mode).** Nobody can change or delete the server's vectors; vectors you create on "
@@ -37,10 +42,18 @@ WRITABLE_MODE = (
     "**Registry: writable.** Vectors you create are saved on the server; vectors shipped with the app cannot be deleted."
 )
 
-INTRO = """# sidesteer: side-by-side activation steering
-Type a prompt, pick a steering vector (or build a multi-layer spec), press **Generate**: the same prompt runs
-**unsteered** and **steered** in one batch with the same seed, so every difference comes from the steering.
-"""
+INTRO = (
+    "## sidesteer: side-by-side activation steering\n"
+    "The same prompt runs **unsteered** and **steered** in one batch with the same seed, so every difference comes "
+    "from the steering. **Enter** or **Generate** runs it; pressing it again while it streams restarts it."
+)
+OVERRIDDEN = "**Quick controls overridden:** the spec editor drives the steering (switch Steering back to Quick to use them)."
+# Round and clamp a typed layer in the browser: the number box would otherwise keep 7.5 or 99.
+SNAP_LAYER = "(v) => Math.min({high}, Math.max(0, Math.round(Number(v) || 0)))"
+# Toasts at the bottom right, narrow: at the top right they covered the steered pane's label and copy button.
+CSS = ".toast-wrap { top: auto !important; bottom: 16px !important; max-width: 420px; }"
+# Gradio 6 takes css= only in launch(), which app.server owns: add the rule from the page instead.
+ADD_CSS = f"() => {{ const s = document.createElement('style'); s.textContent = {CSS!r}; document.head.appendChild(s); }}"
 
 EDITOR_HELP = (
     "One row per layer. Name vectors from the registry, `file:...` names from an imported spec, or `session:...` names "
@@ -88,30 +101,41 @@ def build_demo(
         upload_dir=Path(upload_dir) if upload_dir else None,
     )
     names = cb.vector_names()
-    first = names[0] if names else None
-    default_layer, default_scale = cb.vector_defaults(first, engine.num_layers // 2, 4.0)
+    first = cb.default_vector()
+    top = engine.num_layers - 1
+    default_layer, default_scale = cb.vector_defaults(first, engine.num_layers // 3, 4.0)
     engine_bound: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": engine_concurrency}
+    hidden: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
 
     with gr.Blocks(title="sidesteer", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         # This browser session's own vectors: file:... (from imported spec files) -> tensor, and in read-only mode
         # session:... (created on the Registry tab) -> entry. Never on disk, never seen by another session.
         session_vectors = gr.State({})
-        gr.Markdown(INTRO)
-        gr.Markdown(READ_ONLY_MODE if cb.read_only else WRITABLE_MODE, elem_id="registry-mode")
+        with gr.Row():
+            gr.Markdown(INTRO)
+            gr.Markdown(READ_ONLY_MODE if cb.read_only else WRITABLE_MODE, elem_id="registry-mode")
         with gr.Tab("Compare", id="compare"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    system_prompt = gr.Textbox(value="", label="System prompt (optional)", lines=1, elem_id="system-prompt")
-                    prompt = gr.Textbox(label="Prompt", lines=3, value="Tell me about your weekend.", elem_id="prompt")
-                    raw_completion = gr.Checkbox(label="Raw completion (no chat template)", value=False, elem_id="raw-completion")
+                    prompt = gr.Textbox(
+                        label="Prompt (Enter runs it)",
+                        lines=1,
+                        max_lines=8,
+                        value="Tell me about your weekend.",
+                        elem_id="prompt",
+                    )
+                    with gr.Row():
+                        generate = gr.Button(GENERATE_LABEL, variant="primary", elem_id="generate", scale=2)
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
                     steering_mode = gr.Radio(
                         [("Quick: one vector", "quick"), ("Spec editor: multi-layer", "editor")],
                         value="quick",
                         label="Steering",
                         elem_id="steering-mode",
                     )
+                    overridden = gr.Markdown(OVERRIDDEN, visible=False, elem_id="quick-overridden")
                     with gr.Group():
-                        vector = gr.Dropdown(
+                        vector = vector_dropdown(
                             names,
                             value=first,
                             allow_custom_value=True,
@@ -119,9 +143,7 @@ def build_demo(
                             elem_id="vector",
                             info="Registry vectors that fit the loaded model",
                         )
-                        layer = gr.Slider(
-                            0, engine.num_layers - 1, value=default_layer, step=1, precision=0, label="Layer", elem_id="layer"
-                        )
+                        layer = gr.Slider(0, top, value=default_layer, step=1, label=f"Layer (0-{top})", elem_id="layer")
                         scale = gr.Slider(
                             -SCALE_RANGE, SCALE_RANGE, value=default_scale, step=0.1, label="Scale", elem_id="scale"
                         )
@@ -139,13 +161,16 @@ def build_demo(
                             elem_id="spec-editor",
                         )
                         to_editor = gr.Button("Copy quick setup into the editor", size="sm", elem_id="quick-to-editor")
-                    with gr.Accordion("Sampling", open=False):
+                    with gr.Accordion("Prompt options and sampling", open=False):
+                        system_prompt = gr.Textbox(value="", label="System prompt (optional)", lines=1, elem_id="system-prompt")
+                        raw_completion = gr.Checkbox(
+                            label="Raw completion (no chat template)", value=False, elem_id="raw-completion"
+                        )
                         max_new_tokens = gr.Slider(
                             1,
                             limits.max_new_tokens,
                             value=min(DEFAULT_NEW_TOKENS, limits.max_new_tokens),
                             step=1,
-                            precision=0,
                             label="Max new tokens",
                             elem_id="max-new-tokens",
                         )
@@ -156,18 +181,35 @@ def build_demo(
                         seed = gr.Number(
                             value=0, precision=0, minimum=0, label="Seed (shared by both sides; empty = random)", elem_id="seed"
                         )
-                    with gr.Row():
-                        generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                        stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 with gr.Column(scale=3):
                     with gr.Row(equal_height=True):
                         texts, stats = [], []
                         for side in SIDES:
                             with gr.Column():
                                 texts.append(
-                                    gr.Textbox(label=side.label, lines=14, max_lines=30, interactive=False, elem_id=side.elem_id)
+                                    gr.Textbox(
+                                        label=side.label,
+                                        lines=12,
+                                        max_lines=30,
+                                        interactive=False,
+                                        buttons=["copy"],
+                                        elem_id=side.elem_id,
+                                    )
                                 )
-                                stats.append(gr.Markdown(label=f"{side.key}_stats", show_label=False, elem_id=side.stats_elem_id))
+                                stats.append(
+                                    gr.Markdown(
+                                        label=f"{side.key}_stats",
+                                        show_label=False,
+                                        latex_delimiters=NO_LATEX,
+                                        elem_id=side.stats_elem_id,
+                                    )
+                                )
+                    diff = gr.HighlightedText(
+                        label="Word diff: baseline vs steered",
+                        color_map={BASELINE_ONLY: "red", STEERED_ONLY: "green"},
+                        show_legend=True,
+                        elem_id="word-diff",
+                    )
         with gr.Tab("Sweep", id="sweep"):
             gr.Markdown(
                 "Runs the Compare tab's prompt and steering at several **scale factors** (they multiply every add scale) in one batch, same seed for all."
@@ -177,6 +219,7 @@ def build_demo(
                 sweep_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run", scale=1)
             sweep_grid = gr.Dataframe(
                 headers=SWEEP_COLUMNS,
+                label="Sweep results",
                 type="array",
                 wrap=True,
                 interactive=False,
@@ -199,51 +242,27 @@ def build_demo(
                         "### Import\nA spec file or GGUF control vector: validated against the loaded model, then loaded into the spec editor."
                     )
                     import_file = gr.File(label="Upload", file_types=list(SPEC_SUFFIXES), type="filepath", elem_id="import-file")
-                    import_status = gr.Markdown(latex_delimiters=NO_LATEX, elem_id="import-status")
+                    import_status = gr.Markdown(label="Import status", latex_delimiters=NO_LATEX, elem_id="import-status")
         with gr.Tab("Registry", id="registry"):
-            registry_table = gr.Dataframe(
-                headers=REGISTRY_COLUMNS,
-                type="array",
-                wrap=True,
-                interactive=False,
-                label="Vectors fitting the loaded model",
-                elem_id="registry-table",
-            )
-            refresh = gr.Button("Refresh", size="sm", elem_id="registry-refresh")
-            with gr.Row():
-                with gr.Column():
-                    registry_name = gr.Dropdown(
-                        names, value=first, allow_custom_value=True, label="Vector", elem_id="registry-name"
-                    )
-                    details = gr.JSON(label="Details", elem_id="vector-details")
-                    delete = gr.Button("Delete vector", variant="stop", elem_id="delete-vector")
-                    registry_status = gr.Markdown(latex_delimiters=NO_LATEX, elem_id="registry-status")
-                with gr.Column():
-                    gr.Markdown(
-                        "### Create a vector\nMean activation difference of two prompt lists (one prompt per line) at a layer."
-                    )
-                    new_name = gr.Textbox(value="", label="Name", placeholder="e.g. polite", elem_id="new-name")
-                    new_description = gr.Textbox(value="", label="Description", elem_id="new-description")
-                    new_layer = gr.Slider(
-                        0,
-                        engine.num_layers - 1,
-                        value=engine.num_layers // 2,
-                        step=1,
-                        precision=0,
-                        label="Layer",
-                        elem_id="new-layer",
-                    )
-                    with gr.Row():
-                        positive = gr.Textbox(value="", label="Positive prompts", lines=6, elem_id="positive-prompts")
-                        negative = gr.Textbox(value="", label="Negative prompts", lines=6, elem_id="negative-prompts")
-                    new_scale = gr.Number(value=0, label="Suggested scale (0 = none)", elem_id="new-scale")
-                    overwrite = gr.Checkbox(label="Overwrite an existing vector", value=False, elem_id="overwrite")
-                    create = gr.Button("Create vector", variant="primary", elem_id="create-vector")
+            registry = registry_tab(cb, session_vectors, vector, engine.num_layers, first, engine_bound)
         with gr.Tab("Engine", id="engine"):
             engine_json = gr.JSON(label="Engine", elem_id="engine-info")
             info_button = gr.Button("Refresh", size="sm", elem_id="engine-refresh")
 
         # -- wiring ----------------------------------------------------------------------------------------------
+        name_inputs(
+            {
+                "layer": layer,
+                "scale": scale,
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "seed": seed,
+                "editor": editor,
+                "file": import_file,
+            },
+            integers=("layer", "max_new_tokens", "seed"),
+        )
         steering = [vector, layer, scale, steering_mode, editor]
         request = [
             prompt,
@@ -259,70 +278,106 @@ def build_demo(
             steering_mode,
             editor,
         ]
-
-        @user_errors
-        def refresh_choices(session: dict[str, Any]) -> tuple[Any, ...]:
-            rows, names = cb.list_vectors(session), cb.vector_names(session)
-            return rows, gr.Dropdown(choices=names), gr.Dropdown(choices=names)
-
-        choices = [registry_table, vector, registry_name]
-        compare_event = gr.on(
-            [generate.click, prompt.submit],
-            user_errors(cb.compare),
-            inputs=[*request, session_vectors],
-            outputs=[*texts, *stats],
+        triggers = [generate.click, prompt.submit]
+        # A click while a comparison streams starts a new one, which stops the old (trigger_mode="multiple": Gradio
+        # would drop the click otherwise); the button says "Restart" meanwhile. Until the first token the stats lines
+        # say the run waits for the model (queued behind other users), so the page never looks frozen.
+        gr.on(
+            triggers,
+            lambda: (gr.Button(RESTART_LABEL), *[WAITING] * len(stats)),
+            None,
+            [generate, *stats],
+            trigger_mode="multiple",
+            queue=False,
+            **hidden,
+        )
+        compare_event = on_page_and_api(
+            triggers,
+            cb.compare,
+            [*request, session_vectors],
+            [*texts, *stats],
             api_name="compare",
+            trigger_mode="multiple",
             **engine_bound,
         )
-        stop.click(None, cancels=[compare_event])
-        vector.change(
-            user_errors(cb.vector_defaults), [vector, layer, scale, session_vectors], [layer, scale], api_name="vector_defaults"
+        compare_event.then(cb.generate_label, None, generate, **hidden)
+        compare_event.success(user_errors(word_diff), texts, diff, api_name="word_diff", show_progress="hidden")
+        stop.click(cb.stopped_stats, stats, stats, cancels=[compare_event], queue=False, **hidden).then(
+            lambda: gr.Button(GENERATE_LABEL), None, generate, **hidden
         )
-        to_editor.click(
-            user_errors(cb.quick_to_editor),
+        layer.change(None, layer, layer, js=SNAP_LAYER.format(high=top), **hidden)
+        on_page_and_api(
+            [vector.change],
+            cb.vector_defaults,
+            [vector, layer, scale, session_vectors],
+            [layer, scale],
+            api_name="vector_defaults",
+            show_progress="hidden",
+        )
+        on_page_and_api(
+            [to_editor.click],
+            cb.quick_to_editor,
             [vector, layer, scale, session_vectors],
             [steering_mode, editor],
             api_name="quick_to_editor",
+            show_progress="hidden",
         )
-        steering_mode.change(
-            lambda mode: gr.Accordion(open=mode == "editor"), steering_mode, editor_accordion, api_visibility="private"
+
+        def mode_changed(mode: str) -> tuple[Any, ...]:
+            quick = mode != "editor"
+            return (
+                gr.Accordion(open=not quick),
+                gr.Markdown(visible=not quick),
+                gr.Dropdown(interactive=quick),
+                gr.Slider(interactive=quick),
+                gr.Slider(interactive=quick),
+            )
+
+        steering_mode.change(mode_changed, steering_mode, [editor_accordion, overridden, vector, layer, scale], **hidden)
+        on_page_and_api(
+            [sweep_button.click],
+            cb.sweep,
+            [*request, scales, session_vectors],
+            [sweep_grid],
+            api_name="sweep",
+            show_progress="minimal",  # the grid stays readable while its rows stream in
+            **engine_bound,
         )
-        sweep_button.click(
-            user_errors(cb.sweep), [*request, scales, session_vectors], sweep_grid, api_name="sweep", **engine_bound
+        on_page_and_api(
+            [export_button.click],
+            cb.export_spec,
+            [*steering, description, session_vectors],
+            [export_file],
+            api_name="export_spec",
         )
-        export_button.click(
-            user_errors(cb.export_spec), [*steering, description, session_vectors], export_file, api_name="export_spec"
+        on_page_and_api(
+            [export_gguf_button.click],
+            cb.export_gguf,
+            [*steering, description, session_vectors],
+            [export_file],
+            api_name="export_gguf",
         )
-        export_gguf_button.click(
-            user_errors(cb.export_gguf), [*steering, description, session_vectors], export_file, api_name="export_gguf"
-        )
-        import_file.upload(
-            user_errors(cb.import_spec),
+        on_page_and_api(
+            [import_file.upload],
+            cb.import_spec,
             [import_file, session_vectors],
             [steering_mode, editor, session_vectors, import_status],
             api_name="import_spec",
-        )
-        refresh.click(user_errors(cb.list_vectors), session_vectors, registry_table, api_name="list_vectors").success(
-            refresh_choices, session_vectors, choices, api_visibility="private"
-        )
-        registry_name.change(user_errors(cb.vector_details), [registry_name, session_vectors], details, api_name="vector_details")
-        delete.click(
-            user_errors(cb.delete_vector),
-            [registry_name, session_vectors],
-            [registry_status, session_vectors],
-            api_name="delete_vector",
-        ).success(refresh_choices, session_vectors, choices, api_visibility="private")
-        create.click(
-            user_errors(cb.create_vector),
-            [new_name, new_description, new_layer, positive, negative, new_scale, overwrite, session_vectors],
-            [details, session_vectors],
-            api_name="create_vector",
-            **engine_bound,
-        ).success(refresh_choices, session_vectors, choices, api_visibility="private")
+            show_progress="hidden",
+        ).then(lambda: None, None, import_file, **hidden)  # the server deleted the upload: ready for the next file
         info_button.click(user_errors(cb.engine_info), None, engine_json, api_name="engine_info")
-        demo.load(refresh_choices, session_vectors, choices, api_visibility="private")
-        demo.load(user_errors(cb.engine_info), None, engine_json, api_visibility="private")
-        demo.load(user_errors(cb.vector_details), [registry_name, session_vectors], details, api_visibility="private")
+
+        def on_load(session: dict[str, Any], current: str | None, quick: str | None) -> tuple[Any, ...]:
+            from app.registry_tab import refresh_choices
+
+            return refresh_choices(cb, session, current, quick)
+
+        demo.load(
+            user_errors(on_load), [session_vectors, registry.name, vector], [registry.table, vector, registry.name], **hidden
+        )
+        demo.load(user_errors(cb.engine_info), None, engine_json, **hidden)
+        demo.load(None, js=ADD_CSS, **hidden)
+        demo.load(user_errors(cb.vector_details), [registry.name, session_vectors], registry.details, **hidden)
 
     demo.queue(default_concurrency_limit=engine_concurrency, max_size=max_queue)
     return demo

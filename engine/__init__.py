@@ -1,5 +1,8 @@
 """How a model is steered: one ``SteerableModel`` API, a transformers backend and a vLLM backend.
 
+The backend contract is :mod:`engine.backend` (with the request values of :mod:`engine.generation`); the seed's
+stateful API on top of it is :mod:`engine.stateful`.
+
 The vLLM backend is imported lazily (``from engine import VLLMSteerModel``) so that the transformers backend works
 without vLLM installed.
 """
@@ -8,16 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.base import Generation, GenerationConfig, RequestLimits, SteerableModel, StreamEvent
 from engine.errors import EngineDeadError
 from engine.extraction import mean_difference
-from engine.hf_backend import HFSteerModel
+from engine.generation import Generation, GenerationConfig, RequestLimits, StreamEvent
+from engine.hf_backend import HFSteerModel, QwenSteerModel
+from engine.stateful import SteerableModel
 
 __all__ = [
     "EngineDeadError",
     "Generation",
     "GenerationConfig",
     "HFSteerModel",
+    "QwenSteerModel",
     "RequestLimits",
     "SteerableModel",
     "StreamEvent",

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.base import Prompt, SteerableModel
+from engine.backend import SteerableBackend
+from engine.generation import Prompt
 from vectors import SteeringError
 
 
 def mean_difference(
-    model: SteerableModel,
+    model: SteerableBackend,
     positive_prompts: Sequence[Prompt],
     negative_prompts: Sequence[Prompt],
     layer: int,

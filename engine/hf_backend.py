@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from engine.base import Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
+from engine.generation import Generation, GenerationConfig, IncrementalDecoder, StreamEvent, spec_keys
 from engine.layers import find_decoder_layers
+from engine.stateful import SteerableModel
 from engine.steering_ops import SlotTables, layer_rows, steer_rows, stream_bound, write_slot
 from vectors import SteeringError, SteeringSpec
 
@@ -293,6 +294,10 @@ class HFSteerModel(SteerableModel):
                 for handle in handles:
                     handle.remove()
         return {layer: (total / len(prompt_ids)).to(torch.float32) for layer, total in sums.items()}
+
+
+# The seed's name for the transformers backend: code written for the original design imports it unchanged.
+QwenSteerModel = HFSteerModel
 
 
 def _default_id() -> str:

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,15 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.base import EngineStatus, Generation, GenerationConfig, IncrementalDecoder, SteerableModel, StreamEvent, spec_keys
 from engine.errors import EngineDeadError
-from engine.steering_ops import ROW_FIELDS, check_rows, layer_rows, ops_used
-from engine.vllm_fast_start import WARMUP_TOKENS_ENV
+from engine.generation import EngineStatus, Generation, GenerationConfig, IncrementalDecoder, StreamEvent, spec_keys
+from engine.stateful import SteerableModel
+from engine.steering_ops import ROW_FIELDS, layer_rows, ops_used
 from engine.vllm_lifecycle import EngineLifecycle, EngineProcesses, Inbox, register_for_exit, unregister_for_exit
-from engine.vllm_worker import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
-from vectors import SteeringError, SteeringSpec
+from engine.vllm_patches import WARMUP_TOKENS_ENV
+from engine.vllm_slots import CAPTURE_ARG, CONFIG_KEY, SKIP_FIRST_ARG, SLOT_ARG
+from vectors import LayerSteeringSpec, SteeringError, SteeringSpec
 
-EXTENSION = "engine.vllm_worker.SteeringWorkerExtension"
+EXTENSION = "engine.vllm_extension.SteeringWorkerExtension"
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 _LIFECYCLE_INIT = threading.Lock()  # makes each model's EngineLifecycle once
 REBUILD_WARMUP_TOKENS = 128  # dummy tokens of a CPU rebuild's warm-up (vLLM's own: max_num_batched_tokens, 4096)
@@ -213,13 +214,16 @@ def cache_salt(key: str) -> str:
 
 
 def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, Any]]:
-    """A spec as the worker's wire format: per layer, float32 bytes for vectors and floats for scalars."""
+    """A validated spec as the worker's wire format: per layer, float32 bytes for vectors and floats for scalars.
+
+    The spec passed ``validate_spec`` where it entered, so nothing is checked here; the worker checks what it
+    receives (a payload that bypassed the driver must not reach its tables).
+    """
     out: dict[int, dict[str, Any]] = {}
     for layer in spec.active_layers():
-        rows = layer_rows(spec.layers[layer], hidden_size)
-        values = {name: rows[name].numpy().astype("<f4") if rows[name].dim() else float(rows[name]) for name in ROW_FIELDS}
-        check_rows(values, f"layers[{layer}]")  # the worker checks the same again on receipt
-        out[layer] = {name: value.tobytes() if isinstance(value, np.ndarray) else value for name, value in values.items()}
+        rows = layer_rows(spec.layers[layer], hidden_size)  # float32 CPU tensors: the one conversion of the scale
+        out[layer] = {name: rows[name].numpy().astype("<f4", copy=False).tobytes() if rows[name].dim()
+                      else float(rows[name]) for name in ROW_FIELDS}  # fmt: skip
     return out
 
 
@@ -688,21 +692,20 @@ class VLLMSteerModel(SteerableModel):
             raise
 
     # -- generation -----------------------------------------------------------------------------------------------
-    def validate_spec(self, spec: SteeringSpec) -> SteeringSpec:
-        spec = super().validate_spec(spec)
-        missing_ops = sorted(set().union(*(ops_used(layer) for layer in spec.layers.values())) - set(self.config.ops))
+    def _check_support(self, layers: Mapping[int, LayerSteeringSpec]) -> None:
+        """Refuse ops this engine does not compute and layers it did not hook (both fixed when it compiled)."""
+        missing_ops = sorted(set().union(*(ops_used(layer) for layer in layers.values())) - set(self.config.ops))
         if missing_ops:
             raise SteeringError(
                 f"ops: the spec uses {missing_ops}, which this engine does not compute (VLLMSteeringConfig.ops="
                 f"{tuple(self.config.ops)}); restart with them in ops"
             )
-        unhooked = sorted(set(spec.active_layers()) - set(self.bootstrap_layers))
+        unhooked = sorted({index for index, layer in layers.items() if not layer.is_empty()} - set(self.bootstrap_layers))
         if unhooked:
             raise SteeringError(
                 f"layers: {unhooked} are not hooked in this engine (bootstrap_layers={self.bootstrap_layers}); "
                 "restart with bootstrap_layers including them (hooks must exist before vLLM compiles)"
             )
-        return spec
 
     def _params(self, config: GenerationConfig, index: int, max_tokens: int | None = None, stream: bool = False) -> Any:
         from vllm import SamplingParams
@@ -904,7 +907,6 @@ class VLLMSteerModel(SteerableModel):
     def upload(self, spec: SteeringSpec) -> int:
         """Load ``spec`` into a slot now (normally done lazily on first use). Returns the slot."""
         spec = self.validate_spec(spec)
-
         key = spec.fingerprint()
 
         def do() -> int:

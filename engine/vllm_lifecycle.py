@@ -33,8 +33,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from engine.base import EngineStatus
 from engine.errors import EngineDeadError
+from engine.generation import EngineStatus
 
 logger = logging.getLogger("sidesteer.vllm_lifecycle")
 

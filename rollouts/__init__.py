@@ -32,7 +32,16 @@ from rollouts.plan import RolloutSettings, WorkItem, batches, plan_work, record_
 from rollouts.records import RECORD_FIELDS, RECORDS_FILE, RecordKey, RolloutFile, read_records, record_key
 from rollouts.run import RolloutSummary, run_rollouts
 from rollouts.sharding import partition
-from rollouts.variants import VECTOR_KINDS, Variant, VariantKind, VectorKind, build_variants, load_vectors, vector_name
+from rollouts.variants import (
+    VECTOR_KINDS,
+    Variant,
+    VariantKind,
+    VectorKind,
+    build_variants,
+    default_target_layer,
+    load_vectors,
+    vector_name,
+)
 
 __all__ = [
     "DATASET_FILE",
@@ -58,6 +67,7 @@ __all__ = [
     "WorkItem",
     "batches",
     "build_variants",
+    "default_target_layer",
     "environment_info",
     "list_datasets",
     "load_dataset",

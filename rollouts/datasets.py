@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.base import Prompt
+from engine.generation import Prompt
 from rollouts.paths import DEFAULT_DATASET_ROOT
 from vectors import SteeringError
 

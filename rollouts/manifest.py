@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine.base import SteerableModel
+from engine.stateful import SteerableModel
 from rollouts.datasets import RolloutDataset
 from rollouts.paths import REPO_ROOT
 from rollouts.plan import RolloutSettings

@@ -14,7 +14,7 @@ from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.base import GenerationConfig
+from engine.generation import GenerationConfig
 from rollouts.datasets import DatasetPrompt, RolloutDataset
 from rollouts.records import RecordKey
 from rollouts.variants import Variant, VectorKind
@@ -41,7 +41,8 @@ class RolloutSettings:
         seed: Base seed of :func:`record_seed`.
         trained_scales: Scales of the ``<dataset>.trained`` vector.
         activation_scales: Scales of the ``<dataset>.activation`` vector.
-        target_layer: Steering layer for every vector (None: each vector's suggested layer).
+        target_layer: Steering layer for every vector (None: each vector's suggested layer, else
+            :func:`rollouts.variants.default_target_layer`).
         normalize: L2-normalise vectors before scaling.
         batch_size: Completions per engine call.
         engine_retries: Times one batch is sent again after the engine died under it (``EngineDeadError``; the vLLM

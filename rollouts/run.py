@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.base import Generation, GenerationConfig, SteerableModel
 from engine.errors import EngineDeadError
+from engine.generation import Generation, GenerationConfig
+from engine.stateful import SteerableModel
 from rollouts.datasets import RolloutDataset
 from rollouts.manifest import DatasetOutput
 from rollouts.plan import RolloutSettings, WorkItem, batches, plan_work

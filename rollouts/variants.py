@@ -2,7 +2,8 @@
 
 Each dataset may have two registry vectors, named by convention ``<dataset>.trained`` (an optimised steering vector)
 and ``<dataset>.activation`` (an activation-difference vector). A vector is needed only when scales of its kind are
-asked for. Its layer is ``target_layer`` when given, else the entry's ``suggested_layer``. A steered variant adds
+asked for. Its layer is ``target_layer`` when given, else the entry's ``suggested_layer``, else
+:func:`default_target_layer` of the model. A steered variant adds
 ``scale * v`` at the layer's output residual stream, ``v`` L2-normalised first when ``normalize`` is on.
 """
 
@@ -14,14 +15,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.base import SteerableModel
+from engine.stateful import SteerableModel
 from vectors import SteeringError, SteeringSpec, VectorEntry, VectorRegistry
 
-__all__ = ["VECTOR_KINDS", "Variant", "VariantKind", "VectorKind", "build_variants", "load_vectors", "vector_name"]
+__all__ = [
+    "VECTOR_KINDS",
+    "Variant",
+    "VariantKind",
+    "VectorKind",
+    "build_variants",
+    "default_target_layer",
+    "load_vectors",
+    "vector_name",
+]
 
 VectorKind = Literal["trained", "activation"]
 VariantKind = Literal["baseline", "trained", "activation"]
 VECTOR_KINDS: tuple[VectorKind, ...] = ("trained", "activation")
+
+
+SEED_TARGET_LAYER, SEED_NUM_LAYERS = 22, 64  # the original design's --target-layer default, for its 64-layer model
+
+
+def default_target_layer(num_layers: int) -> int:
+    """The seed's layer 22 of 64 at the same relative depth of a model with ``num_layers`` layers (about a third,
+    rounded): 22 for 64 layers, 10 for the default model's 30, 1 for 4."""
+    return min(num_layers - 1, round(num_layers * SEED_TARGET_LAYER / SEED_NUM_LAYERS))
 
 
 def vector_name(dataset: str, kind: VectorKind) -> str:
@@ -75,7 +94,8 @@ def load_vectors(registry: VectorRegistry, dataset: str, kinds: Sequence[VectorK
         if name not in registry:
             raise SteeringError(
                 f"{kind}_scales: dataset {dataset!r} has no {kind} vector {name!r} in registry {str(registry.root)!r}; "
-                f"add one (VectorRegistry.add({name!r}, ...), see scripts/build_example_dataset.py) or drop --{kind}-scales"
+                f"add one (VectorRegistry.add({name!r}, ...), see scripts/build_example_dataset.py) or pass --{kind}-scales "
+                "with no values"
             )
         out[kind] = registry.get(name)
     return out
@@ -95,11 +115,12 @@ def build_variants(
         model: The model the specs are for (hidden size and layer count are checked).
         vectors: The registry entries by kind (see :func:`load_vectors`).
         scales: Scales per kind; kinds without scales get no variants.
-        target_layer: Steer at this layer; None uses each vector's ``suggested_layer``.
+        target_layer: Steer at this layer; None uses each vector's ``suggested_layer``, or
+            :func:`default_target_layer` for a vector without one.
         normalize: L2-normalise each vector before scaling.
 
     Raises:
-        SteeringError: Wrong hidden size, no layer to steer at, a layer out of range, a zero vector with
+        SteeringError: Wrong hidden size, a layer out of range, a zero vector with
             ``normalize``, or a non-finite scale.
     """
     variants = [Variant("baseline")]
@@ -116,7 +137,7 @@ def build_variants(
             warnings.warn(f"vector {entry.name!r} was made for {entry.model_id!r}, not {model.model_id!r}", stacklevel=2)
         layer = target_layer if target_layer is not None else entry.suggested_layer
         if layer is None:
-            raise SteeringError(f"target_layer: vector {entry.name!r} has no suggested_layer; pass --target-layer")
+            layer = default_target_layer(model.num_layers)
         if not 0 <= layer < model.num_layers:
             raise SteeringError(
                 f"target_layer: layer {layer} is out of range for {model.model_id!r}; use 0..{model.num_layers - 1}"

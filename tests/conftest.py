@@ -1,16 +1,77 @@
-"""Shared fixtures: tiny random models built from configs, and one engine per backend per test session."""
+"""Shared fixtures: tiny random models built from configs, one engine per backend per test session, and a guard
+that fails the session when the tests changed the git checkout (tests write only to temporary folders)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-import torch
-
-from engine.default_model import resolve_model_path
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
+CHECKOUT_CHANGES = pytest.StashKey[str]()
+ALLOW_CHANGES = "--allow-checkout-changes"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sidesteer")
+    group.addoption(
+        ALLOW_CHANGES,
+        action="store_true",
+        help="do not fail the session when `git status --porcelain` changed during it (`make screenshot` writes "
+        "docs/screenshot.png; others may edit the checkout while tests run)",
+    )
+    group.addoption("--screenshot", default=None, metavar="PATH", help="where the browser test also saves its screenshot")
+
+
+def checkout_state(root: Path) -> dict[str, str] | None:
+    """``git status --porcelain`` lines of the checkout holding ``root``, each with a hash of the file's content (so a
+    file that was already modified and is changed again counts too); None outside a git checkout or without git."""
+    if shutil.which("git") is None:
+        return None
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=60)
+    if top.returncode != 0:
+        return None
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    state = {}
+    for line in out.stdout.splitlines():
+        path = Path(top.stdout.strip()) / line[3:].split(" -> ")[-1].strip('"')
+        state[line] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_unchanged(request: pytest.FixtureRequest):
+    """Records the checkout's state before the first test and compares after the last; a change fails the session."""
+    root = request.config.rootpath
+    before = None if request.config.getoption(ALLOW_CHANGES) else checkout_state(root)
+    yield
+    if before is None:
+        return
+    after = checkout_state(root) or {}
+    changed = [line for line in sorted(after) if before.get(line) != after[line]]
+    changed += [f"{line}  (no longer)" for line in sorted(set(before) - set(after))]
+    if changed:
+        request.config.stash[CHECKOUT_CHANGES] = "\n".join(changed)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A changed checkout turns a passing session into a failing one (exit status 1) and says what changed."""
+    changes = session.config.stash.get(CHECKOUT_CHANGES, None)
+    if not changes:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write("\n")  # the progress line may still be open
+        reporter.write_sep("=", "the tests changed the git checkout (tests must write to tmp_path only)", red=True)
+        reporter.write_line(changes)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def tiny_config(arch: str, **overrides):
@@ -49,7 +110,10 @@ def tiny_config(arch: str, **overrides):
 
 def build_tiny_checkpoint(arch: str, directory: Path, seed: int = 0) -> Path:
     """Save a tiny random model of ``arch`` (fp32) with the default model's tokenizer into ``directory``."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.default_model import resolve_model_path
 
     if (directory / "config.json").exists():
         return directory
@@ -66,6 +130,8 @@ def build_tiny_checkpoint(arch: str, directory: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model_path() -> str:
+    from engine.default_model import resolve_model_path
+
     return resolve_model_path("default")
 
 

@@ -14,7 +14,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app.callbacks import build_prompt
+from app.callbacks import SWEEP_RUNNING, build_prompt
 from engine import GenerationConfig
 from tests.test_app_support import registry_copy, serve
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SpecMetadata, SteeringSpec, import_gguf_control_vector
@@ -106,6 +106,18 @@ def test_two_concurrent_clients_get_their_own_steering(url, hf_default, registry
         assert results[key][1] == expected[0].text, key
     assert results["a"][1] != results["b"][1]
     assert results["a"][0] == results["b"][0]  # same unsteered baseline
+
+
+def test_sweep_streams_rows_that_say_running_until_done(client, registry):
+    job = client.submit(
+        prompt=PROMPT, vector=registry.names()[-1], layer=4, scale=2.0, max_new_tokens=12, scales="-1, 1", api_name="/sweep"
+    )
+    final = job.result()
+    updates = [update["data"] for update in job.outputs()]
+    assert updates[0] == [[-1.0, 0, f"[{SWEEP_RUNNING}]"], [1.0, 0, f"[{SWEEP_RUNNING}]"]]
+    assert len(updates) >= 3  # the empty grid, at least one row in progress, the final grid
+    assert any(SWEEP_RUNNING in row[2] and row[1] > 0 for update in updates[1:-1] for row in update)
+    assert updates[-1] == final["data"] and not any(SWEEP_RUNNING in row[2] for row in final["data"])
 
 
 def test_sweep_returns_one_row_per_scale(client, hf_default, registry):

@@ -130,7 +130,7 @@ def test_shipped_vectors_cannot_be_deleted_or_replaced(engine, tmp_path, shipped
     ):
         cb.create_vector("up", "", 1, POSITIVE, NEGATIVE, 0, True, {})
     assert (shipped / "up.safetensors").is_file()
-    assert [row[-1] for row in cb.list_vectors()] == ["shipped"]
+    assert [row[7] for row in cb.list_vectors()] == ["shipped"]
 
 
 # -- read-only mode: session vectors -------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_read_only_mode_keeps_created_vectors_in_the_session(engine, tmp_path, s
     assert list(session) == [name]
     assert not (tmp_path / "user").exists()  # nothing on disk
     # This session sees and uses it: registry table, dropdown, defaults, quick mode, editor, sweep.
-    assert [(row[0], row[-1]) for row in cb.list_vectors(session)] == [("up", "shipped"), (name, "this session")]
+    assert [(row[0], row[7]) for row in cb.list_vectors(session)] == [("up", "shipped"), (name, "this session")]
     assert cb.vector_names(session) == ["up", name]
     assert cb.vector_defaults(name, 0, 1.0, session) == (3, 2.5)
     vector = session[name].vector

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +32,7 @@ from tests.helpers import tiny_hf
 from tests.test_app_support import one_vector_registry, serve
 from vectors import LayerSteeringSpec, SpecMetadata, SteeringError, SteeringSpec
 
+ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = 64
 INJECTION = "![x](http://evil/) [click](javascript:alert(1)) <img src=x onerror=alert(1)> <script>alert(2)</script>"
 
@@ -244,3 +247,42 @@ def test_compare_on_a_dead_engine_says_so(engine, registry, tmp_path):
     cb = Callbacks(RestartingEngine(engine, "dead", failures=0), registry, tmp_path / "exports")
     with pytest.raises(SteeringError, match="engine: the model engine stopped and could not be restarted"):
         list(cb.compare(*compare_args()))
+
+
+# -- the test suite's own hygiene: tests never change the checkout --------------------------------------------------
+GUARD_TESTS = {
+    "test_clean.py": "def test_writes_a_temporary_folder(tmp_path):\n    (tmp_path / 'out.txt').write_text('x')\n",
+    "test_dirty.py": "from pathlib import Path\n\ndef test_writes_the_checkout():\n    Path('tracked.txt').write_text('changed')\n",
+}
+
+
+def run_guarded(folder: Path, test_file: str) -> subprocess.Popen[str]:
+    """pytest on ``folder/test_file`` with this suite's conftest as a plugin (the folder is the rootdir)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest", test_file]
+    return subprocess.Popen(args, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_test_that_changes_the_checkout_fails_the_session(tmp_path):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    runs = {}
+    for kind in ("repo", "plain"):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "tracked.txt").write_text("original")
+        for name, code in GUARD_TESTS.items():
+            (folder / name).write_text(code)
+        if kind == "repo":
+            subprocess.run([*git, "init", "-q"], cwd=folder, check=True)
+            subprocess.run([*git, "add", "."], cwd=folder, check=True)
+            subprocess.run([*git, "commit", "-q", "-m", "seed"], cwd=folder, check=True)
+            (folder / "tracked.txt").write_text("edited before the run")  # already dirty: a further change counts too
+        for name in GUARD_TESTS if kind == "repo" else ["test_dirty.py"]:
+            runs[kind, name] = run_guarded(folder, name)
+    results = {key: (proc.wait(timeout=300), proc.stdout.read()) for key, proc in runs.items()}
+    code, out = results["repo", "test_dirty.py"]
+    assert code == 1, out
+    assert "the tests changed the git checkout (tests must write to tmp_path only)" in out
+    assert " M tracked.txt" in out.splitlines() and "1 passed" in out  # the test itself passed; the session failed
+    assert results["repo", "test_clean.py"][0] == 0, results["repo", "test_clean.py"][1]
+    assert results["plain", "test_dirty.py"][0] == 0  # outside a git checkout: no check

@@ -147,7 +147,7 @@ def test_closing_the_compare_stream_releases_the_engine(cb, engine):
 
 
 def test_sweep_rows_follow_the_scales(cb, engine, registry):
-    rows = cb.sweep("hello", "", "up", 2, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, "-1, 0, 3", {})
+    *_, rows = cb.sweep("hello", "", "up", 2, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, "-1, 0, 3", {})  # the final yield
     spec = SteeringSpec.single(2, registry.get("up").vector, 2.0)
     assert [r[0] for r in rows] == [-1.0, 0.0, 3.0]
     for factor, tokens, text in rows:
@@ -310,3 +310,25 @@ def test_server_refuses_uploads_over_the_limit(engine, registry):
         small = httpx.post(url + "gradio_api/upload", files={"files": ("small.safetensors", b"\0" * 1024)}, timeout=60)
     assert big.status_code == 413, (big.status_code, big.text[:200])
     assert small.status_code == 200
+
+
+def test_page_errors_warn_and_leave_the_outputs_unchanged():
+    from app.events import page_errors
+
+    def bad(value: float) -> tuple[float, float]:
+        raise SteeringError(f"scale: {value} is not finite; send a number")
+
+    def bad_stream():
+        yield 1
+        raise SteeringError("vector: 'nope' is not in the registry")
+
+    with pytest.warns(UserWarning, match=r"scale: nan is not finite; send a number"):
+        unchanged = page_errors(bad, 2)(float("nan"))
+    assert [type(x) for x in unchanged] == [type(gr.skip())] * 2
+    with pytest.warns(UserWarning, match="vector: 'nope'"):
+        assert list(page_errors(bad_stream, 4)()) == [1]
+    assert page_errors(bad, 1).__name__ == "bad"
+
+
+def test_stop_while_waiting_says_stopped():
+    assert Callbacks.stopped_stats("waiting for the model…", "0 tokens · generating…") == ("stopped", "0 tokens · stopped")

@@ -1,13 +1,20 @@
-"""The benchmark's paired confidence interval (scripts/bench_table.paired_interval)."""
+"""The benchmark's statistics, tables, flags and worker timers, without an engine (bench/)."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from scripts.bench_table import engine_ratio, interval_text, paired_interval
+from bench.stats import engine_ratio, paired_interval
+from bench.table import interval_text
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_interval_of_identical_ratios_is_a_point():
@@ -59,7 +66,7 @@ def test_engine_ratio_pools_every_steered_configuration_per_round():
 
 
 def test_summarize_steps_splits_a_span_into_worker_and_outside_time():
-    from engine.kernel_timer import summarize_steps
+    from bench.kernel_timer import summarize_steps
 
     calls = {"execute_model": [(0.000, 0.002), (0.010, 0.013)], "sample_tokens": [(0.002, 0.003), (0.013, 0.014)]}
     out = summarize_steps(calls, [(640, 10), (10, 10)])
@@ -72,32 +79,27 @@ def test_summarize_steps_splits_a_span_into_worker_and_outside_time():
 
 
 def test_benchmark_refuses_a_malformed_engine_arg_before_starting_engines(tmp_path):
-    from scripts import benchmark
+    from bench import run
 
     argv = ["--model", "random:qwen3-tiny", "--work-dir", str(tmp_path), "--engine-arg", "async_scheduling"]
     with pytest.raises(SystemExit, match="--engine-arg: 'async_scheduling' is not KEY=VALUE"):
-        benchmark.main(argv)
+        run.main(argv)
 
 
 def test_bench_table_refuses_a_file_that_is_not_a_benchmark_result():
-    from pathlib import Path
-
-    from scripts import bench_table
+    from bench import table as bench_table
 
     parity = Path(__file__).resolve().parent.parent / "docs" / "bench" / "h100-parity-qwen3-tiny-fp32.json"
-    with pytest.raises(
-        SystemExit, match=r"h100-parity-qwen3-tiny-fp32.json: not a scripts/benchmark.py result \(no samples_tok_s\)"
-    ):
+    with pytest.raises(SystemExit, match=r"h100-parity-qwen3-tiny-fp32.json: not a benchmark result \(no samples_tok_s\)"):
         bench_table.main([str(parity)])
-    with pytest.raises(SystemExit, match="not a scripts/benchmark.py result"):
+    with pytest.raises(SystemExit, match="not a benchmark result"):
         bench_table.main(["--pool", str(parity)])
 
 
 def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
     import time
-    from types import SimpleNamespace
 
-    from engine.kernel_timer import StepTimerMixin
+    from bench.kernel_timer import StepTimerMixin
 
     class Worker(StepTimerMixin):
         def execute_model(self, so):
@@ -124,17 +126,18 @@ def test_step_timer_leaves_empty_steps_out_of_the_span_and_the_counts():
 
 
 def test_step_timer_reports_the_steering_update_time_of_the_timed_steps_only():
-    from types import SimpleNamespace
+    from bench.kernel_timer import KernelTimerExtension
+    from bench.worker_ext import BenchSteeringExtension
 
-    from engine.kernel_timer import StepTimerMixin
+    state = SimpleNamespace(update_s=1.5, update_calls=40)  # a WorkerSteering's public counters after earlier calls
 
-    class Worker(StepTimerMixin):
+    class Worker(BenchSteeringExtension):
         def __init__(self):
-            self.model_runner = SimpleNamespace(_sidesteer=SimpleNamespace(update_s=1.5, update_calls=40))  # earlier calls
+            self.model_runner = SimpleNamespace(_sidesteer=state)
 
         def execute_model(self, so):
-            self.model_runner._sidesteer.update_s += 0.002  # what WorkerSteering.update adds up per step
-            self.model_runner._sidesteer.update_calls += 1
+            state.update_s += 0.002  # what WorkerSteering.update adds up per step
+            state.update_calls += 1
             return so.total_num_scheduled_tokens
 
     w = Worker()
@@ -143,13 +146,24 @@ def test_step_timer_reports_the_steering_update_time_of_the_timed_steps_only():
         w.execute_model(SimpleNamespace(total_num_scheduled_tokens=8, num_scheduled_tokens={"a": 8}))
     out = w.steer_step_time_end()
     assert out["steer_update_calls"] == 3 == out["steps"] and out["steer_update_ms"] == pytest.approx(6.0)
-    w.model_runner = SimpleNamespace()  # a plain engine: no steering state, no field
+    w.model_runner = SimpleNamespace()  # a runner without steering state: no field
     w.steer_step_time_begin()
     assert "steer_update_ms" not in w.steer_step_time_end()
 
+    class PlainWorker(KernelTimerExtension):  # the plain engine's extension never reports one
+        model_runner = SimpleNamespace(_sidesteer=state)
+
+        def execute_model(self, so):
+            return so.total_num_scheduled_tokens
+
+    plain = PlainWorker()
+    plain.steer_step_time_begin()
+    plain.execute_model(SimpleNamespace(total_num_scheduled_tokens=8, num_scheduled_tokens={"a": 8}))
+    assert "steer_update_ms" not in plain.steer_step_time_end()
+
 
 def test_summarize_timeline_unions_kernels_and_splits_idle_gaps():
-    from engine.kernel_timer import summarize_timeline
+    from bench.kernel_timer import summarize_timeline
 
     # two overlapping kernels (0-10, 5-12), a 3 us launch gap, a kernel 15-20, a 100 us wait, a kernel 120-130
     out = summarize_timeline([(120.0, 130.0), (0.0, 10.0), (5.0, 12.0), (15.0, 20.0)])
@@ -168,7 +182,7 @@ def test_device_intervals_reads_a_profiler_timeline():
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from engine.kernel_timer import device_intervals, summarize_timeline
+    from bench.kernel_timer import device_intervals, summarize_timeline
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         x = torch.randn(64, 64)
@@ -180,9 +194,7 @@ def test_device_intervals_reads_a_profiler_timeline():
 
 
 def test_plain_generate_gives_each_prompt_its_own_params():
-    from types import SimpleNamespace
-
-    from scripts import benchmark
+    from bench import measure
 
     seen = {}
 
@@ -191,12 +203,95 @@ def test_plain_generate_gives_each_prompt_its_own_params():
             seen["prompts"], seen["params"] = prompts, params
             return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3])]) for _ in prompts]
 
-    n = benchmark.plain_generate(FakeLLM(), [[5, 6], [7]], ["A", "B"])
+    n = measure.plain_generate(FakeLLM(), [[5, 6], [7]], ["A", "B"])
     assert n == 6 and seen == {"prompts": [{"prompt_token_ids": [5, 6]}, {"prompt_token_ids": [7]}], "params": ["A", "B"]}
 
 
 def test_median_timeline_ms_takes_medians_and_converts_times_only():
-    from scripts import benchmark
+    from bench import stats
 
     calls = [{"busy_us": 1000.0, "gaps_long": 3}, {"busy_us": 3000.0, "gaps_long": 5}, {"busy_us": 2000.0, "gaps_long": 4}]
-    assert benchmark.median_timeline_ms(calls) == {"busy": 2.0, "gaps_long": 4}
+    assert stats.median_timeline_ms(calls) == {"busy": 2.0, "gaps_long": 4}
+
+
+def test_summarize_kernels_counts_only_device_events():
+    from torch.autograd import DeviceType
+
+    from bench.kernel_timer import summarize_kernels
+
+    def ev(key: str, us: float, count: int, device: DeviceType) -> SimpleNamespace:
+        return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=device)
+
+    events = [
+        ev("gemm", 300.0, 10, DeviceType.CUDA),
+        ev("cudaLaunchKernel", 999.0, 50, DeviceType.CPU),
+        ev("triton_add", 20.5, 4, DeviceType.CUDA),
+    ]
+    out = summarize_kernels(events, top=1)
+    assert out["kernel_us"] == pytest.approx(320.5)
+    assert out["launches"] == 14
+    assert out["top"] == [{"name": "gemm", "us": 300.0, "count": 10}]
+
+
+def test_summarize_kernels_on_cpu_sums_operator_self_time():
+    from torch.autograd import DeviceType
+
+    from bench.kernel_timer import summarize_kernels
+
+    events = [
+        SimpleNamespace(key="aten::mm", self_cpu_time_total=50.0, count=2, device_type=DeviceType.CPU),
+        SimpleNamespace(key="gemm", self_device_time_total=300.0, count=10, device_type=DeviceType.CUDA),
+    ]
+    out = summarize_kernels(events, top=None, device="cpu")
+    assert (out["kernel_us"], out["launches"], out["device"]) == (50.0, 2, "cpu")
+
+
+def test_no_hooks_keeps_only_the_unsteered_configurations_of_the_steered_engine():
+    from bench.workload import configurations, select
+
+    confs = configurations(4, 8, 3)
+    assert list(confs) == ["idle", "one_layer", "every_layer_add_cap_ablate", "compare_half", "distinct_specs_2",
+                           "distinct_specs_8", "distinct_specs_32", "sweep_51_scales"]  # fmt: skip
+    assert confs["compare_half"][0] is None and confs["compare_half"][1] is confs["one_layer"][0]
+    kept, diag, diag_steered = select(confs, None, no_hooks=True)
+    assert (list(kept), diag, diag_steered) == (["idle"], True, False)
+    kept, diag, diag_steered = select(confs, "idle,one_layer,one_layer_llm_generate", no_hooks=True)
+    assert (list(kept), diag, diag_steered) == (["idle"], False, False)
+    kept, diag, diag_steered = select(confs, "sweep_51_scales,one_layer_llm_generate", no_hooks=False)
+    assert (list(kept), diag, diag_steered) == (["sweep_51_scales"], False, True)
+    assert select(confs, None, no_hooks=False)[1:] == (True, True) and len(select(confs, None, False)[0]) == 8
+
+
+def test_bench_is_one_entry_point_with_subcommands(capsys):
+    """``python -m bench table`` and ``rollouts`` dispatch; every other argument list is the benchmark's flags."""
+    from bench.__main__ import main
+
+    parity = Path(__file__).resolve().parent.parent / "docs" / "bench" / "h100-parity-qwen3-tiny-fp32.json"
+    with pytest.raises(SystemExit, match="not a benchmark result"):
+        main(["table", str(parity)])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rollouts", "--help"])
+    assert exit_info.value.code == 0 and "usage: python -m bench rollouts" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--pin-cpus: 'x' is not a CPU number or range"):
+        main(["--pin-cpus", "x"])
+
+
+def test_worker_extensions_resolve_and_do_not_clash_with_vllm_workers():
+    """What vLLM does with ``worker_extension_cls`` in each worker (resolve by qualname, refuse a name the worker
+    already has), for both engines of the benchmark, in a fresh process (resolving the steered one patches vLLM)."""
+    pytest.importorskip("vllm")
+    code = (
+        "from vllm.utils.import_utils import resolve_obj_by_qualname as r\n"
+        "from vllm.v1.worker.cpu_worker import CPUWorker\n"
+        "from bench.engines import PLAIN, STEERED\n"
+        "for q in (PLAIN, STEERED):\n"
+        "    ext = r(q)\n"
+        "    clash = [a for a in dir(ext) if not a.startswith('__') and hasattr(CPUWorker, a)]\n"
+        "    print(ext.__name__, [k.__name__ for k in ext.__mro__[1:-1]], clash)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == [
+        "KernelTimerExtension ['StepTimerMixin', 'HostProfilerMixin'] []",
+        "BenchSteeringExtension ['SteeringWorkerExtension', 'KernelTimerExtension', 'StepTimerMixin', 'HostProfilerMixin'] []",
+    ]

@@ -1,4 +1,4 @@
-"""CPU pinning for the benchmark (scripts/cpu_pin.py): cpulists, physical cores, the split, pinning real processes."""
+"""CPU pinning for the benchmark (bench/cpu_pin.py): cpulists, physical cores, the split, pinning real processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from scripts import cpu_pin
+from bench import cpu_pin
 
 
 def test_parse_cpulist_reads_ranges_and_singles_in_order():
@@ -89,7 +89,7 @@ def test_engine_core_pids_reads_the_engine_manager_and_accepts_an_in_process_cor
 
 
 def test_benchmark_refuses_a_malformed_pin_cpus_before_starting_engines(tmp_path):
-    from scripts import benchmark
+    from bench import run
 
     with pytest.raises(SystemExit, match="--pin-cpus: 'x' is not a CPU number or range"):
-        benchmark.main(["--model", "random:qwen3-tiny", "--work-dir", str(tmp_path), "--pin-cpus", "0-1,x"])
+        run.main(["--model", "random:qwen3-tiny", "--work-dir", str(tmp_path), "--pin-cpus", "0-1,x"])

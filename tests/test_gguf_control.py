@@ -23,6 +23,8 @@ from vectors import (
     export_gguf_control_vector_bytes,
     import_gguf_control_vector,
     import_gguf_control_vector_bytes,
+    layer_to_llamacpp,
+    llamacpp_to_layer,
 )
 from vectors.gguf_reader import GGUFArray, parse_gguf
 
@@ -32,12 +34,12 @@ def _vec(seed: int, n: int = 8) -> torch.Tensor:
 
 
 def test_round_trip_bit_exact_with_scale_baked_in(tmp_path: Path) -> None:
-    spec = SteeringSpec({4: LayerSteeringSpec(vector=_vec(0), scale=2.5), 0: LayerSteeringSpec(vector=_vec(1))})
+    spec = SteeringSpec({4: LayerSteeringSpec(vector=_vec(0), scale=2.5), 1: LayerSteeringSpec(vector=_vec(1))})
     path = export_gguf_control_vector(spec, tmp_path / "cv.gguf")
     back = import_gguf_control_vector(path, model_id="m/x")
-    assert back.active_layers() == [0, 4]
+    assert back.active_layers() == [1, 4]
     assert torch.equal(back.layers[4].vector, _vec(0) * torch.tensor(2.5))
-    assert torch.equal(back.layers[0].vector, _vec(1))
+    assert torch.equal(back.layers[1].vector, _vec(1))
     assert all(layer.scale == 1.0 for layer in back.layers.values())
     assert back.model_id == "m/x" and back.hidden_size == 8
     # the equivalent formulations agree: the file's vectors at scale 1 steer like the original spec
@@ -53,7 +55,7 @@ def test_layer_numbering_matches_llamacpp(tmp_path: Path) -> None:
     spec = SteeringSpec.single(4, _vec(2), 1.0, model_id="m/x")
     path = export_gguf_control_vector(spec, tmp_path / "cv.gguf")
     reader = gguf.GGUFReader(path)
-    assert [t.name for t in reader.tensors] == ["direction.5"]  # sidesteer layer 4 = output of block 4 = direction.5
+    assert [t.name for t in reader.tensors] == ["direction.4"]  # sidesteer layer 4 = output of block 4 = direction.4
     assert reader.get_field("general.architecture").contents() == "controlvector"
     assert reader.get_field("controlvector.model_hint").contents() == "m/x"
     assert reader.get_field("controlvector.layer_count").contents() == 1
@@ -71,15 +73,16 @@ def test_reads_repeng_style_file(tmp_path: Path) -> None:
     writer = gguf.GGUFWriter(path, "controlvector")
     writer.add_string("controlvector.model_hint", "llama")
     writer.add_uint32("controlvector.layer_count", 2)
-    for n in (3, 7):
+    for n in (3, 7):  # repeng's export_gguf writes direction.{layer} for the block it hooks
         writer.add_tensor(f"direction.{n}", np.full(8, n, dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     spec = import_gguf_control_vector(path)
-    assert spec.active_layers() == [2, 6]
-    assert torch.equal(spec.layers[6].vector, torch.full((8,), 7.0))
+    assert spec.active_layers() == [3, 7]
+    assert torch.equal(spec.layers[3].vector, torch.full((8,), 3.0))
+    assert torch.equal(spec.layers[7].vector, torch.full((8,), 7.0))
     assert "llama" in spec.metadata.description
 
 
@@ -124,7 +127,7 @@ def test_non_controlvector_gguf_rejected(tmp_path: Path) -> None:
         ({"direction.1": np.ones(8, dtype=np.float16)}, "expected F32"),
         ({"direction.1": np.ones((2, 4), dtype=np.float32)}, "one dimension"),
         ({"direction.1": np.array([1.0, np.nan], dtype=np.float32)}, "NaN"),
-        ({"direction.0": np.ones(8, dtype=np.float32)}, "start at 1"),
+        ({"direction.0": np.ones(8, dtype=np.float32)}, "llama.cpp has no layer 0"),
         ({"bias.1": np.ones(8, dtype=np.float32)}, "unexpected tensor"),
         ({"direction.1": np.ones(8, dtype=np.float32), "direction.2": np.ones(4, dtype=np.float32)}, "different lengths"),
         ({}, "no direction tensors"),
@@ -309,14 +312,16 @@ def test_foreign_direction_names_and_huge_layer_numbers_rejected() -> None:
             SteeringError,
             match=re.escape(f"control vector: unexpected tensor {name!r}")
             + "|"
-            + re.escape("llama.cpp layer numbers start at 1 and end at 10000"),
+            + re.escape("llama.cpp layer numbers start at 1 and end at 9999"),
         ):
             import_gguf_control_vector_bytes(data)
-    with pytest.raises(
-        SteeringError,
-        match=re.escape("control vector: tensor 'direction.10001': llama.cpp layer numbers start at 1 and end at 10000"),
-    ):
-        import_gguf_control_vector_bytes(gguf_file([ARCH], [ti(b"direction.10001", [8])], bytes(32)))
+    for name in ("direction.10000", "direction.10001"):  # sidesteer layers end at MAX_LAYERS - 1 = 9999
+        with pytest.raises(
+            SteeringError,
+            match=re.escape(f"control vector: tensor '{name}': llama.cpp layer numbers start at 1 and end at 9999"),
+        ):
+            import_gguf_control_vector_bytes(gguf_file([ARCH], [ti(name.encode(), [8])], bytes(32)))
+    assert import_gguf_control_vector_bytes(gguf_file([ARCH], [ti(b"direction.9999", [8])], bytes(32))).active_layers() == [9999]
 
 
 def test_every_gguf_value_type_parses_and_gguf_writer_files_import(tmp_path: Path) -> None:
@@ -366,6 +371,125 @@ def test_every_gguf_value_type_parses_and_gguf_writer_files_import(tmp_path: Pat
         ("direction.1", (8,), 0, 32),
     ]
     spec = import_gguf_control_vector(path)
-    assert spec.active_layers() == [0, 2]
-    assert torch.equal(spec.layers[2].vector, torch.arange(8, dtype=torch.float32))
-    assert torch.equal(spec.layers[0].vector, torch.full((8,), -0.5))
+    assert spec.active_layers() == [1, 3]
+    assert torch.equal(spec.layers[3].vector, torch.arange(8, dtype=torch.float32))
+    assert torch.equal(spec.layers[1].vector, torch.full((8,), -0.5))
+
+
+# -- llama.cpp's numbering: golden files and its loader's arithmetic -------------------------------------------------
+N_LAYER, N_EMBD = 30, 576  # the default model, SmolLM2-135M
+
+
+def golden_control_vector(directions: dict[str, np.ndarray], hint: str = "llama") -> bytes:
+    """A control vector written byte by byte (not by the ``gguf`` package sidesteer exports with), as llama.cpp reads it."""
+    kvs = [
+        ARCH,
+        kv(b"controlvector.model_hint", 8, gstr(hint.encode())),
+        kv(b"controlvector.layer_count", 4, struct.pack("<I", len(directions))),
+    ]
+    infos, data = [], b""
+    for name, values in directions.items():
+        raw = np.asarray(values, dtype="<f4").tobytes()
+        infos.append(ti(name.encode(), [len(values)], 0, len(data)))
+        data += raw + bytes(-len(raw) % 32)
+    return gguf_file(kvs, infos, data)
+
+
+def llamacpp_steered_blocks(data: bytes, n_layer: int) -> dict[int, np.ndarray]:
+    """The vector llama.cpp adds to each 0-based block's output for a control-vector file, step by step as its source.
+
+    common/common.cpp ``common_control_vector_load_one``: N is parsed from ``direction.N``; N = 0 is an error; the
+    buffer grows to ``n_embd * N`` floats and layer N's floats go to offset ``n_embd * (N - 1)``.
+    src/llama-adapter.cpp ``llama_adapter_cvec::apply``: ``tensors[0]`` is null ("there's never a tensor for layer
+    0"); for ``il = 1 .. n_layer - 1`` it copies offset ``n_embd * (il - 1)`` into ``tensors[il]`` when the buffer
+    reaches that far; ``build_cvec(cur, il)`` adds ``tensors[il]`` to the output of block ``il``.
+    """
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:  # gguf's own reader, not sidesteer's bounded one
+        f.write(data)
+        f.flush()
+        reader = gguf.GGUFReader(f.name)
+        tensors = {t.name: np.array(t.data, dtype=np.float32) for t in reader.tensors}
+    n_embd = len(next(iter(tensors.values())))
+    buffer = np.zeros(0, dtype=np.float32)
+    for name, values in tensors.items():
+        n = int(name.removeprefix("direction."))
+        assert n > 0, "llama.cpp refuses direction.0"
+        if buffer.size < n_embd * n:
+            buffer = np.concatenate([buffer, np.zeros(n_embd * n - buffer.size, dtype=np.float32)])
+        buffer[n_embd * (n - 1) : n_embd * n] = values
+    steered = {}
+    for il in range(1, n_layer):
+        off = n_embd * (il - 1)
+        if off + n_embd <= buffer.size and buffer[off : off + n_embd].any():
+            steered[il] = buffer[off : off + n_embd]
+    return steered
+
+
+def _floats(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(N_EMBD).astype(np.float32)
+
+
+def test_golden_llamacpp_file_imports_to_the_blocks_llamacpp_steers() -> None:
+    golden = golden_control_vector({"direction.1": _floats(1), "direction.29": _floats(29)})
+    assert sorted(llamacpp_steered_blocks(golden, N_LAYER)) == [1, 29]  # llama.cpp: outputs of blocks 1 and 29
+    spec = import_gguf_control_vector_bytes(golden)
+    assert spec.active_layers() == [1, 29] and spec.hidden_size == N_EMBD
+    assert torch.equal(spec.layers[1].vector, torch.from_numpy(_floats(1)))
+    assert torch.equal(spec.layers[29].vector, torch.from_numpy(_floats(29)))
+    assert spec.layers[1].scale == spec.layers[29].scale == 1.0
+
+
+def test_export_writes_the_numbers_llamacpp_applies_at_those_blocks() -> None:
+    spec = SteeringSpec({layer: LayerSteeringSpec(torch.from_numpy(_floats(layer)), 0.5 * layer) for layer in (1, 8, 29)})
+    data = export_gguf_control_vector_bytes(spec)
+    assert [t.name for t in parse_gguf(data).tensors] == ["direction.1", "direction.8", "direction.29"]
+    steered = llamacpp_steered_blocks(data, N_LAYER)  # the last block (29 = n_layer - 1) is no longer dropped
+    assert sorted(steered) == [1, 8, 29]
+    for layer in (1, 8, 29):
+        want = (torch.from_numpy(_floats(layer)) * torch.tensor(0.5 * layer)).numpy()
+        assert np.array_equal(steered[layer], want)
+
+
+def test_export_of_layer_0_names_the_layer_and_the_fix(tmp_path: Path) -> None:
+    spec = SteeringSpec({0: LayerSteeringSpec(vector=_vec(0)), 3: LayerSteeringSpec(vector=_vec(1))})
+    message = (
+        "layers[0]: llama.cpp control vectors cannot steer block 0's output (direction.N steers 0-based block N, and "
+        "llama.cpp has no slot for N = 0); move the vector to layer 1 or later, or save a sidesteer spec file instead"
+    )
+    with pytest.raises(SteeringError, match="^" + re.escape(message) + "$"):
+        export_gguf_control_vector(spec, tmp_path / "cv.gguf")
+    assert not (tmp_path / "cv.gguf").exists()
+
+
+def test_import_of_direction_0_is_refused() -> None:
+    golden = golden_control_vector({"direction.0": _floats(0), "direction.1": _floats(1)})
+    message = (
+        "control vector: tensor 'direction.0': llama.cpp has no layer 0 (direction.N steers the output of 0-based "
+        "block N, and llama.cpp's loader refuses direction.0); the file is malformed: drop that tensor"
+    )
+    with pytest.raises(SteeringError, match="^" + re.escape(message) + "$"):
+        import_gguf_control_vector_bytes(golden)
+
+
+def test_golden_round_trip_keeps_layers_and_values() -> None:
+    directions = {"direction.2": _floats(2), "direction.15": _floats(15), "direction.29": _floats(29)}
+    spec = import_gguf_control_vector_bytes(golden_control_vector(directions))
+    again = export_gguf_control_vector_bytes(spec)
+    assert [t.name for t in parse_gguf(again).tensors] == list(directions)
+    assert {k: v.tolist() for k, v in llamacpp_steered_blocks(again, N_LAYER).items()} == {
+        int(name.removeprefix("direction.")): values.tolist() for name, values in directions.items()
+    }
+    back = import_gguf_control_vector_bytes(again)
+    assert back.active_layers() == [2, 15, 29]
+    assert all(torch.equal(back.layers[i].vector, spec.layers[i].vector) for i in (2, 15, 29))
+
+
+def test_convention_functions_are_the_identity_from_block_1() -> None:
+    assert [layer_to_llamacpp(i) for i in (1, 8, 29)] == [1, 8, 29]
+    assert [llamacpp_to_layer(n) for n in (1, 8, 29)] == [1, 8, 29]
+    with pytest.raises(SteeringError, match=re.escape("layers[0]: llama.cpp control vectors cannot steer block 0's")):
+        layer_to_llamacpp(0)
+    with pytest.raises(SteeringError, match=re.escape("direction.N: N = 0, but llama.cpp control vectors start at direction.1")):
+        llamacpp_to_layer(0)

@@ -239,3 +239,29 @@ def test_decode_all_uses_one_batch_call_where_the_tokenizer_has_it(model, monkey
     calls.clear()
     ids_only = model.generate_token_ids([[5, 6]], GenerationConfig(max_new_tokens=3, ignore_eos=True), decode_text=False)[0]
     assert ids_only.token_ids == gen.token_ids and ids_only.text == "" and calls == []  # nothing decoded
+
+
+def test_a_spec_is_validated_once_per_entry_and_again_only_after_a_change(model, monkeypatch):
+    """validate_spec checks a spec once; generate, apply_steering_spec and steering() trust it while it is unchanged,
+    and any assignment or in-place write makes the next entry check it in full (and refuse it)."""
+    calls = []
+    real = SteeringSpec.validate_for_model
+    monkeypatch.setattr(SteeringSpec, "validate_for_model", lambda s, *a: calls.append(id(s)) or real(s, *a))
+    spec = SteeringSpec.single(1, torch.ones(H))
+    assert model.validate_spec(spec) is spec and len(calls) == 1
+    model.generate(PROMPTS[:2], GREEDY, steering=[spec, spec])  # the app's compare: validate_spec, then generate
+    model.apply_steering_spec(spec)
+    with model.steering(spec):
+        pass
+    model.clear_all_vectors()
+    assert len(calls) == 1
+    spec.layers[1].scale = 2e6  # assigned after validation
+    with pytest.raises(SteeringError, match=r"layers\[1\]\.scale: 2e\+06 is beyond the limit"):
+        model.generate(PROMPTS[:1], GREEDY, steering=spec)
+    spec.layers[1].scale = 1.0  # back to the content validated before: trusted again
+    model.validate_spec(spec)
+    assert len(calls) == 2
+    spec.layers[1].vector.mul_(float("nan"))  # written in place: the tensor's version counter moves
+    with pytest.raises(SteeringError, match=r"layers\[1\]\.vector: the vector holds NaN or Inf"):
+        model.generate(PROMPTS[:1], GREEDY, steering=spec)
+    assert len(calls) == 3

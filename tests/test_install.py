@@ -143,7 +143,7 @@ def test_wheel_holds_the_five_packages_and_the_command(wheel):
         "sidesteer/commands/rollouts.py",
         "rollouts/run.py",
         "vectors/spec_file.py",
-        "engine/vllm_worker.py",
+        "engine/vllm_extension.py",
         "app/ui.py",
     } <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

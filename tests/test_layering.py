@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SKIPPED_DIRS = {"__pycache__", "build", "out", "runs", "node_modules"}  # and every hidden folder (.venv, .git, ...)
 PATH_METHODS = {"insert", "append", "extend", "remove", "pop", "clear", "__setitem__"}
@@ -123,7 +125,92 @@ def test_product_modules_import_each_other_in_one_direction(tmp_path):
     assert pair == {"a": {"b"}, "b": {"a"}} and cycles(pair) == [["a", "b"]] and cycles({"a": {"b"}, "b": set()}) == []
 
     modules = product_modules()
-    assert {"vectors.spec", "vectors.spec_file", "engine.base", "app.ui", "sidesteer.cli"} <= set(modules)
+    assert {"vectors.spec", "vectors.spec_file", "engine.backend", "engine.stateful", "app.ui", "sidesteer.cli"} <= set(modules)
     graph = import_graph(modules)
     assert cycles(graph) == []
     assert "vectors.spec_file" in graph["vectors.spec"]  # the spec builds on its file format, not the other way
+
+
+PRODUCT = ("sidesteer", "vectors", "engine", "app", "rollouts")  # what the wheel installs (bench/ is measurement)
+
+
+def test_the_product_never_imports_the_benchmarks(tmp_path):
+    """bench/ (timing RPCs, drivers, tables) is not installed: a product module importing it would break the wheel."""
+    (tmp_path / "m.py").write_text("def f():\n    from bench.stats import summarize\n")  # the finder sees a late import
+    assert import_graph({"m": tmp_path / "m.py", "bench.stats": tmp_path / "m.py"})["m"] == {"bench.stats"}
+    modules = product_modules()
+    assert {"bench.run", "bench.kernel_timer", "bench.worker_ext"} <= set(modules)
+    graph = import_graph(modules)
+    found = {
+        f"{name} -> {t}"
+        for name, targets in graph.items()
+        if name.split(".")[0] in PRODUCT
+        for t in targets
+        if t.split(".")[0] == "bench"
+    }
+    assert found == set()
+
+
+def apply_calls(tree: ast.AST) -> int:
+    """Calls of ``engine.vllm_patches.apply`` in a module: ``vllm_patches.apply()`` or ``apply()`` imported from it."""
+    imported = any(
+        isinstance(n, ast.ImportFrom) and n.module == "engine.vllm_patches" and any(a.name == "apply" for a in n.names)
+        for n in ast.walk(tree)
+    )
+    return sum(
+        isinstance(n, ast.Call)
+        and (
+            (
+                isinstance(n.func, ast.Attribute)
+                and n.func.attr == "apply"
+                and isinstance(n.func.value, ast.Name)
+                and n.func.value.id == "vllm_patches"
+            )
+            or (imported and isinstance(n.func, ast.Name) and n.func.id == "apply")
+        )
+        for n in ast.walk(tree)
+    )
+
+
+def test_vllm_patches_are_applied_from_the_extension_module_only():
+    assert apply_calls(ast.parse("from engine.vllm_patches import apply\napply()\n")) == 1
+    assert apply_calls(ast.parse("from engine import vllm_patches\nvllm_patches.apply()\n")) == 1
+    found = {str(p.relative_to(ROOT)): n for p in python_files() if (n := apply_calls(ast.parse(p.read_text(), str(p))))}
+    assert found == {"engine/vllm_extension.py": 1}
+
+
+PATCH_PROBE = """
+import importlib, json, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable as Bundled
+from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+from vllm.v1.worker.gpu.model_runner import GPUModelRunner as MRV2
+from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1
+runners = {"v1": V1, "cpu": CPUModelRunner, "mrv2": MRV2}
+wrapped = [f"{k}.{m}" for k, c in runners.items() for m, f in vars(c).items() if getattr(f, "_sidesteer_wrapped", False)]
+print(json.dumps([sorted(wrapped), any("finalize_loading" in vars(k) for k in Bundled.__mro__)]))
+"""
+
+
+def patched_after_importing(*modules: str) -> list:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PATCH_PROBE, *modules], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_engine_patches_nothing_until_the_extension_loads():
+    """A driver process that builds engines (and the benchmark's driver) imports every engine module but the worker
+    extension: vLLM's runner classes and torch's AOT callable must stay as shipped. Importing the extension (what
+    vLLM does in each worker) applies every patch."""
+    pytest.importorskip("vllm")
+    driver = ["engine", "engine.vllm_backend", "engine.vllm_slots", "engine.vllm_patches", "engine.vllm_capture",
+              "engine.vllm_lifecycle", "bench.run", "bench.engines", "bench.kernel_timer", "bench.table"]  # fmt: skip
+    assert patched_after_importing(*driver) == [[], False]
+    every = ["cpu.load_model", "cpu.warming_up_model", "mrv2.execute_model", "mrv2.load_model", "mrv2.prepare_inputs",
+             "v1._prepare_inputs", "v1.execute_model", "v1.load_model"]  # fmt: skip
+    assert patched_after_importing("engine.vllm_extension") == [every, True]

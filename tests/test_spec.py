@@ -476,3 +476,16 @@ def test_malformed_header_fields_raise_steering_error_naming_the_field():
         _load_error(join(outer, tensor_data, "[1, 2]"))
         == "spec file: the 'sidesteer' metadata is not a JSON object; the file is corrupt"
     )
+
+
+def test_scaled_checks_the_new_spec_once(monkeypatch):
+    calls = []
+    real = SteeringSpec.validate
+    monkeypatch.setattr(SteeringSpec, "validate", lambda s: calls.append(id(s)) or real(s))
+    spec = SteeringSpec({2: LayerSteeringSpec(torch.ones(8), 1.5), 3: LayerSteeringSpec(ablation=AblationSpec(torch.ones(8)))})
+    calls.clear()
+    out = spec.scaled(-2.0)
+    assert calls == [id(out)] and out.layers[2].scale == -3.0 and out.layers[3].scale == 1.0
+    spec.layers[2].scale = "x"
+    with pytest.raises(SteeringError, match=r"^layers\[2\]\.scale: expected a number, got 'x'"):
+        spec.scaled(2.0)

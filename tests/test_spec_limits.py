@@ -159,7 +159,7 @@ def test_gguf_tensors_beyond_the_limits_are_refused(tmp_path):
         SteeringError,
         match="^"
         + re.escape(
-            "control vector: tensor 'direction.5' (layers[4]).vector: the vector's norm 1.2e+39 is beyond the limit |vector| <= 1e+06"
+            "control vector: tensor 'direction.5' (layers[5]).vector: the vector's norm 1.2e+39 is beyond the limit |vector| <= 1e+06"
         ),
     ):
         import_gguf_control_vector(path)

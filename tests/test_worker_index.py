@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.kernel_timer import summarize_kernels
-from engine.vllm_worker import SLOT_ARG, WorkerSteering
+from engine.vllm_slots import SLOT_ARG, WorkerSteering
 
 
 class _Layers(torch.nn.Module):
@@ -92,23 +91,6 @@ def test_a_request_announced_twice_is_counted_once():
     assert state.n_steered == 0 and state.req_slots == {}
 
 
-def test_summarize_kernels_counts_only_device_events():
-    from torch.autograd import DeviceType
-
-    def ev(key: str, us: float, count: int, device: DeviceType) -> SimpleNamespace:
-        return SimpleNamespace(key=key, self_device_time_total=us, count=count, device_type=device)
-
-    events = [
-        ev("gemm", 300.0, 10, DeviceType.CUDA),
-        ev("cudaLaunchKernel", 999.0, 50, DeviceType.CPU),
-        ev("triton_add", 20.5, 4, DeviceType.CUDA),
-    ]
-    out = summarize_kernels(events, top=1)
-    assert out["kernel_us"] == pytest.approx(320.5)
-    assert out["launches"] == 14
-    assert out["top"] == [{"name": "gemm", "us": 300.0, "count": 10}]
-
-
 def _payload(hidden: int, seed: int, cap: bool = True) -> dict[str, object]:
     g = np.random.default_rng(seed)
     vec = lambda: g.standard_normal(hidden).astype("<f4").tobytes()  # noqa: E731
@@ -128,7 +110,7 @@ def _payload(hidden: int, seed: int, cap: bool = True) -> dict[str, object]:
 
 
 def _extension(state: WorkerSteering):
-    from engine.vllm_worker import SteeringWorkerExtension
+    from engine.vllm_extension import SteeringWorkerExtension
 
     ext = SteeringWorkerExtension()
     ext.model_runner = SimpleNamespace(_sidesteer=state)
@@ -137,9 +119,9 @@ def _extension(state: WorkerSteering):
 
 @pytest.mark.parametrize("staging_bytes", [64 << 20, 1])  # one chunk, and one slot per chunk
 def test_write_slots_fills_every_layer_and_leaves_other_slots_alone(monkeypatch, staging_bytes):
-    import engine.vllm_worker as worker
+    import engine.vllm_slots as slots
 
-    monkeypatch.setattr(worker, "STAGING_BYTES", staging_bytes)
+    monkeypatch.setattr(slots, "STAGING_BYTES", staging_bytes)
     state = _state()
     ext = _extension(state)
     before = {layer: {k: v.clone() for k, v in t.tensors().items()} for layer, t in state.tables.items()}
@@ -197,17 +179,6 @@ def test_bad_slot_writes_change_nothing():
                 assert torch.equal(tensor, before[layer][name]), (message, layer, name)
 
 
-def test_summarize_kernels_on_cpu_sums_operator_self_time():
-    from torch.autograd import DeviceType
-
-    events = [
-        SimpleNamespace(key="aten::mm", self_cpu_time_total=50.0, count=2, device_type=DeviceType.CPU),
-        SimpleNamespace(key="gemm", self_device_time_total=300.0, count=10, device_type=DeviceType.CUDA),
-    ]
-    out = summarize_kernels(events, top=None, device="cpu")
-    assert (out["kernel_us"], out["launches"], out["device"]) == (50.0, 2, "cpu")
-
-
 def test_repeated_and_reordered_batches_give_the_right_index():
     """Decode steps reuse the last step's slot array only while the request order is unchanged."""
     state = _state()
@@ -251,7 +222,7 @@ def test_requests_finished_in_a_step_without_tokens_are_forgotten():
     """vLLM announces the last finished requests in a step that schedules no tokens; the runners return before
     preparing inputs there, so the bookkeeping must run from execute_model (it once leaked every such request as a
     live steered one, and every later unsteered step took the steered path)."""
-    from engine.vllm_worker import _wrap_execute_model
+    from engine.vllm_patches import _wrap_execute_model
 
     class Runner:
         def __init__(self, state: WorkerSteering) -> None:

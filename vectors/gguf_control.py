@@ -2,13 +2,14 @@
 
 The layout is the one repeng writes and llama.cpp's ``--control-vector`` reads: string ``controlvector.model_hint``,
 uint32 ``controlvector.layer_count`` and one float32 tensor ``direction.N`` of ``hidden_size`` floats per layer.
-``N`` is 1-based and means the output of block ``N - 1`` (see :mod:`vectors.convention`), so sidesteer layer 4 is
-``direction.5``. A control vector only *adds* to the residual stream: projection caps and ablations have no place
-in it, and a direction's scale is baked into the tensor.
+``direction.N`` is added to the output of 0-based block ``N``, exactly sidesteer's layer ``N`` (see
+:mod:`vectors.convention`): layer 4 is ``direction.4``. llama.cpp has no slot for block 0, so layer 0 cannot be
+exported and ``direction.0`` is refused. A control vector only *adds* to the residual stream: projection caps and
+ablations have no place in it, and a direction's scale is baked into the tensor.
 
 Import never trusts the file: it is parsed by the bounded reader of :mod:`vectors.gguf_reader` (not by
 ``gguf.GGUFReader``, which loops over whatever counts a header declares), and only canonical ``direction.N`` tensors
-(ASCII digits, no leading zeros, ``N`` up to :data:`~vectors.limits.MAX_LAYERS`) of float32 and shape ``[hidden]``
+(ASCII digits, no leading zeros, ``1 <= N < MAX_LAYERS``, see :data:`~vectors.limits.MAX_LAYERS`) of float32 and shape ``[hidden]``
 are accepted, their values within the limits of :mod:`vectors.limits`. Export uses the ``gguf`` package's writer, as
 repeng and llama.cpp do, and round-trips bit-exactly.
 """
@@ -40,7 +41,8 @@ TENSOR_PATTERN = re.compile(r"direction\.([1-9][0-9]*|0)")
 def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | None = None) -> bytes:
     """Serialise the add-vectors of ``spec`` as llama.cpp control-vector GGUF bytes.
 
-    Each layer ``L`` with a vector becomes ``direction.{L+1} = scale * vector`` (float32).
+    Each layer ``L`` with a vector becomes ``direction.{L} = scale * vector`` (float32): llama.cpp adds
+    ``direction.N`` to the output of 0-based block ``N``, as sidesteer's layer ``N`` does.
 
     Args:
         spec: A spec holding only add-vectors.
@@ -51,7 +53,8 @@ def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | No
         The GGUF file's bytes.
 
     Raises:
-        SteeringError: The spec has projection caps or ablations, or no add-vector at all.
+        SteeringError: The spec has projection caps or ablations, an add-vector at layer 0 (llama.cpp has no slot
+            for block 0), or no add-vector at all.
     """
     import gguf
 
@@ -106,7 +109,7 @@ def export_gguf_control_vector(spec: SteeringSpec, path: str | Path, *, model_hi
 
 
 def import_gguf_control_vector(path: str | Path, *, model_id: str | None = None) -> SteeringSpec:
-    """Read a llama.cpp control vector into a spec: ``direction.N`` -> layer ``N-1`` add vector, scale 1.0.
+    """Read a llama.cpp control vector into a spec: ``direction.N`` -> layer ``N`` add vector, scale 1.0.
 
     Args:
         path: The ``.gguf`` file.
@@ -117,7 +120,7 @@ def import_gguf_control_vector(path: str | Path, *, model_id: str | None = None)
 
     Raises:
         SteeringError: Missing/oversized file, not a control vector, or bad tensors (dtype, shape, NaN/Inf, naming,
-            magnitudes beyond :mod:`vectors.limits`).
+            ``direction.0``, magnitudes beyond :mod:`vectors.limits`).
     """
     what = "control vector"
     return _read_gguf(read_limited(path, what), f"{Path(path).name!r}", what, model_id)
@@ -139,8 +142,13 @@ def _direction(tensor: GGUFTensorInfo, data: bytes, what: str) -> tuple[int, tor
     match = TENSOR_PATTERN.fullmatch(tensor.name)
     if not match:
         raise SteeringError(f"{what}: unexpected tensor {tensor.name!r}; control vectors hold only 'direction.N' tensors")
-    if len(match.group(1)) > len(str(MAX_LAYERS)) or not 1 <= int(match.group(1)) <= MAX_LAYERS:
-        raise SteeringError(f"{where}: llama.cpp layer numbers start at 1 and end at {MAX_LAYERS}; the file is malformed")
+    if match.group(1) == "0":
+        raise SteeringError(
+            f"{where}: llama.cpp has no layer 0 (direction.N steers the output of 0-based block N, and llama.cpp's loader "
+            "refuses direction.0); the file is malformed: drop that tensor"
+        )
+    if len(match.group(1)) > len(str(MAX_LAYERS)) or not 1 <= int(match.group(1)) < MAX_LAYERS:
+        raise SteeringError(f"{where}: llama.cpp layer numbers start at 1 and end at {MAX_LAYERS - 1}; the file is malformed")
     if tensor.ggml_type != GGML_F32:
         raise SteeringError(f"{where} has type {ggml_type_name(tensor.ggml_type)}, expected F32; re-export it as float32")
     if len(tensor.shape) != 1:

@@ -408,11 +408,14 @@ class SteeringSpec:
         """
         factor = as_scalar(factor, "factor")
         out = self.clone()
-        out.validate()  # scales are numbers before they are multiplied, even if fields were changed
-        for layer in out.layers.values():
-            if layer.vector is not None:  # a layer without an add has no add scale to sweep
-                layer.scale *= factor
-        out.validate()
+        if isinstance(out.layers, dict):
+            for index, layer in out.layers.items():
+                if isinstance(layer, LayerSteeringSpec) and layer.vector is not None:  # no add: no add scale to sweep
+                    try:  # a number before it is multiplied, even if the field was changed since construction
+                        layer.scale = as_scalar(layer.scale, "scale") * factor
+                    except SteeringError as exc:
+                        raise SteeringError(f"layers[{index}].{exc}") from exc
+        out.validate()  # the one full check of the new spec
         return out
 
     def validate_for_model(self, num_layers: int, hidden_size: int) -> None:

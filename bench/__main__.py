@@ -1,0 +1,33 @@
+"""The one entry point of the benchmarks, from the repository root.
+
+Usage:
+    python -m bench [FLAGS]                       # steered vs unsteered vLLM throughput/latency (bench.run; -h: flags)
+    python -m bench table FILE.json [...]          # the Markdown tables of result files (bench.table)
+    python -m bench table --pool A.json B.json     # one table of the rounds of several runs
+    python -m bench rollouts [--backend vllm|hf]   # rollouts: one batch vs one call per variant (bench.rollout_batching)
+    bench/gpu_bench.sh install|0.6b|...|parity DIR  # the GPU machine's runs (wraps python -m bench)
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["table"]:
+        from bench import table
+
+        table.main(argv[1:])
+        return 0
+    if argv[:1] == ["rollouts"]:
+        from bench import rollout_batching
+
+        return rollout_batching.main(argv[1:])
+    from bench import run
+
+    run.main(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

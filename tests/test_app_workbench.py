@@ -1,0 +1,373 @@
+"""The comparison workbench in headless Chromium (issue 18): its bug fixes and features, one app server per module.
+
+The app runs the transformers backend on the default model with a writable copy of the shipped registry; every test
+opens its own page (its own session). Screenshots go to ``tmp_path`` only.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from app.callbacks import GENERATE_LABEL, REGISTRY_COLUMNS, RESTART_LABEL, SWEEP_COLUMNS, SWEEP_RUNNING, build_prompt
+from engine import GenerationConfig
+from tests.test_app_support import registry_copy, serve
+from vectors import SteeringSpec
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+TIMEOUT_MS = 600_000  # generation on a busy CPU
+PIRATE_WORDS = re.compile(r"\b(arr+|matey|ye|ahoy|aye|sea|seas|ship|sail\w*|treasure|pirate\w*|captain|mermaid\w*)\b", re.I)
+
+
+@pytest.fixture(scope="module")
+def registry(hf_default, tmp_path_factory):
+    return registry_copy(tmp_path_factory.mktemp("registry"), hf_default.hidden_size, hf_default.model_id)
+
+
+@pytest.fixture(scope="module")
+def url(hf_default, registry):
+    if not {"pirate", "happy", "happy.activation"} <= set(registry.names()):
+        pytest.skip("needs the shipped registry/smollm2 vectors")
+    with serve(hf_default, registry) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("system chromium is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, url, width=1440, height=900):
+    page = browser.new_page(viewport={"width": width, "height": height}, accept_downloads=True)
+    page.set_default_timeout(240_000)  # a loaded 2-core CI machine
+    page.goto(url)
+    page.locator("#generate").wait_for()
+    page.wait_for_function("() => document.querySelector('#vector input')?.value")  # the load event filled it
+    return page
+
+
+@pytest.fixture
+def page(browser, url):
+    page = open_page(browser, url)
+    yield page
+    page.close()
+
+
+def pick(page, elem_id: str, name: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+
+
+def set_tokens(page, n: int) -> None:
+    page.get_by_text("Prompt options and sampling").click()
+    box = page.locator("#max-new-tokens input[type=number]")
+    box.fill(str(n))
+    box.press("Tab")
+
+
+def wait_finished(page) -> None:
+    for side in ("baseline", "steered"):
+        page.wait_for_function(
+            "sel => { const t = document.querySelector(sel).innerText; return t.includes('tokens ·') && !t.includes('generating'); }",
+            arg=f"#{side}-stats",
+            timeout=TIMEOUT_MS,
+        )
+
+
+def wait_streaming(page) -> None:
+    page.wait_for_function("() => document.querySelector('#steered-stats').innerText.includes('generating')", timeout=TIMEOUT_MS)
+
+
+def pane(page, side: str) -> str:
+    return page.locator(f"#{side}-output textarea").input_value()
+
+
+# -- bugs --------------------------------------------------------------------------------------------------------------
+def test_delete_asks_first_and_deletes_the_displayed_vector(page, registry):
+    vector = registry.get("angry").vector
+    registry.add("doomed", vector * 2, suggested_layer=8)
+    registry.add("spared", vector * 3, suggested_layer=8)
+    page.get_by_role("tab", name="Registry").click()
+    page.locator("#registry-refresh").click()
+    page.locator("#registry-table").get_by_text("doomed", exact=True).wait_for()
+    pick(page, "registry-name", "doomed")
+    page.locator("#delete-vector").click()
+    page.locator("#delete-question").get_by_text("Delete doomed? This cannot be undone.").wait_for()
+    assert "doomed" in registry.names()  # nothing deleted before the confirmation
+    page.locator("#delete-confirm").click()
+    page.locator("#registry-status").get_by_text("Deleted doomed.").wait_for()
+    assert "doomed" not in registry.names() and "spared" in registry.names()
+    # the dropdown shows a listed vector, and the details are that vector's
+    page.wait_for_function("() => document.querySelector('#registry-name input').value !== 'doomed'")
+    shown = page.locator("#registry-name input").input_value()
+    assert shown in registry.names()
+    page.locator("#vector-details").get_by_text(shown).first.wait_for()
+    registry.remove("spared")
+
+
+def test_a_bad_vector_name_warns_without_error_badges(page):
+    box = page.locator("#vector input")
+    box.fill("nope")
+    box.press("Enter")
+    toast = page.locator(".toast-body").filter(has_text="vector: name: no vector 'nope'")
+    toast.wait_for()
+    assert "Warning" in toast.inner_text()
+    # the toast and the outputs' status come from the same message: no red "Error" over Layer or Scale, still usable
+    assert page.locator("#layer .error:visible, #scale .error:visible").count() == 0
+    pick(page, "vector", "happy")
+    page.wait_for_function("() => document.querySelector('#scale input[type=number]').value !== ''")
+    assert page.locator("#layer input[type=number]").is_enabled()
+    assert page.locator("#layer .error:visible, #scale .error:visible").count() == 0
+
+
+def test_generate_while_streaming_restarts_the_comparison(page, hf_default):
+    set_tokens(page, 40)
+    page.locator("#generate").click()
+    wait_streaming(page)
+    assert page.locator("#generate").inner_text() == RESTART_LABEL
+    second = "Name three colors."
+    page.locator("#prompt textarea").fill(second)
+    page.locator("#generate").click()
+    wait_finished(page)
+    page.wait_for_function("want => document.querySelector('#generate').innerText === want", arg=GENERATE_LABEL)
+    config = GenerationConfig(max_new_tokens=40, temperature=0.0, top_p=1.0, seed=0)
+    expected = hf_default.generate(build_prompt(second, "", False), config, steering=[None])[0]
+    assert pane(page, "baseline") == expected.text
+
+
+def test_stop_ends_the_stats_line(page, tmp_path):
+    set_tokens(page, 200)
+    page.locator("#generate").click()
+    wait_streaming(page)
+    page.locator("#stop").click()
+    for side in ("baseline", "steered"):
+        page.locator(f"#{side}-stats").get_by_text("stopped").wait_for()
+    page.wait_for_timeout(1500)  # a late stream update must not bring "generating…" back
+    for side in ("baseline", "steered"):
+        assert "generating" not in page.locator(f"#{side}-stats").inner_text()
+    assert page.locator("#generate").inner_text() == GENERATE_LABEL
+    page.screenshot(path=str(tmp_path / "stopped.png"))
+
+
+def test_layer_takes_whole_numbers_within_the_model(page, hf_default, url):
+    top = hf_default.num_layers - 1
+    box = page.locator("#layer input[type=number]")
+    for typed, want in (("7.5", "8"), ("99", str(top)), ("-3", "0")):
+        box.fill(typed)
+        box.press("Tab")
+        page.wait_for_function("w => document.querySelector('#layer input[type=number]').value === w", arg=want)
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match=re.escape(f"layer: 7.5 is not a whole number; send a whole number between 0 and {top}")):
+        client.predict(prompt="Hi", vector="pirate", layer=7.5, max_new_tokens=2, api_name="/compare")
+    with pytest.raises(AppError, match=re.escape(f"layer: {top + 1} is out of range; send a whole number between 0 and {top}")):
+        client.predict(prompt="Hi", vector="pirate", layer=top + 1, max_new_tokens=2, api_name="/compare")
+
+
+def export_and_import(page, tmp_path, vector: str) -> str:
+    pick(page, "vector", vector)
+    page.get_by_role("tab", name="Spec files").click()
+    page.locator("#export-spec").click()
+    link = page.locator("#export-file a").first
+    link.wait_for()
+    with page.expect_download() as info:
+        link.click()
+    downloaded = tmp_path / f"{vector}.safetensors"
+    info.value.save_as(downloaded)
+    page.locator("#import-file input[type=file]").set_input_files(str(downloaded))
+    page.locator("#import-status").get_by_text("Imported").wait_for()
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_function("n => (document.querySelector('#spec-editor')?.textContent ?? '').includes(n)", arg=vector)
+    return page.evaluate("() => document.querySelector('#spec-editor').textContent")
+
+
+def test_spec_round_trip_keeps_vector_names(page, registry, tmp_path):
+    # happy and happy.activation hold the same tensor; each comes back under the name it was exported with
+    assert torch.equal(registry.get("happy").vector, registry.get("happy.activation").vector)
+    assert "happy.activation" in export_and_import(page, tmp_path, "happy.activation")
+    page.get_by_text("Quick: one vector").click()
+    cells = export_and_import(page, tmp_path, "happy")
+    assert "happy.activation" not in cells
+
+
+def test_api_names_outputs_checks_inputs_and_lists_no_frozen_names(url, registry):
+    client = Client(url, verbose=False)
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    labels = {name: [r["label"] for r in info["returns"]] for name, info in endpoints.items()}
+    assert labels["/sweep"] == ["Sweep results"]
+    assert [name for name, names in labels.items() if any(label.startswith("value_") for label in names)] == []
+    for name in ("/compare", "/sweep", "/export_spec", "/vector_details", "/delete_vector"):
+        vector_params = [p for p in endpoints[name]["parameters"] if p["parameter_name"] in ("vector", "name")]
+        assert vector_params and all("enum" not in p["type"] for p in vector_params), name
+    bad = {
+        "editor": ("zz", "editor: 'zz' is not a table"),
+        "temperature": ("hot", "temperature: 'hot' is not a number; send a number between 0 and 2"),
+        "seed": (1.5, "seed: 1.5 is not a whole number; send a whole number"),
+    }
+    for field, (value, message) in bad.items():
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict(prompt="Hi", vector="pirate", max_new_tokens=2, api_name="/compare", **{field: value})
+    # A vector added after start-up is usable by name at once (the API page has no stale list to refuse it).
+    registry.add("late", registry.get("pirate").vector, suggested_layer=8)
+    try:
+        assert client.predict("late", api_name="/vector_details")["name"] == "late"
+    finally:
+        registry.remove("late")
+
+
+# -- features ---------------------------------------------------------------------------------------------------------
+def test_generate_is_visible_at_1280x720_and_enter_submits(browser, url):
+    page = open_page(browser, url, 1280, 720)
+    box = page.locator("#generate").bounding_box()
+    assert box["y"] + box["height"] <= 720
+    set_tokens(page, 3)
+    page.locator("#prompt textarea").press("Enter")
+    wait_finished(page)
+    assert pane(page, "steered")
+    page.close()
+
+
+def test_panes_are_stamped_with_what_produced_them(page, registry):
+    pick(page, "vector", "pirate")
+    page.wait_for_function("() => document.querySelector('#scale input[type=number]').value === '2'")
+    set_tokens(page, 3)
+    page.locator("#generate").click()
+    wait_finished(page)
+    entry = registry.get("pirate")
+    fingerprint = SteeringSpec.single(entry.suggested_layer, entry.vector, 2.0).fingerprint()[:12]
+    stamp = "greedy · seed 0 · max 3 tokens"
+    assert page.locator("#baseline-stats").inner_text().splitlines()[-1] == f"unsteered · {stamp}"
+    assert page.locator("#steered-stats").inner_text().splitlines()[-1] == (
+        f"steered · L{entry.suggested_layer}: add pirate ×2 · spec {fingerprint} · {stamp}"
+    )
+
+
+def test_the_start_vector_visibly_steers(page, tmp_path):
+    assert page.locator("#vector input").input_value() == "pirate"
+    set_tokens(page, 24)
+    page.locator("#generate").click()
+    wait_finished(page)
+    page.screenshot(path=str(tmp_path / "compare.png"))
+    assert PIRATE_WORDS.search(pane(page, "steered")), pane(page, "steered")
+    assert not PIRATE_WORDS.search(pane(page, "baseline"))
+
+
+def test_registry_table_is_readable(page, tmp_path):
+    page.get_by_role("tab", name="Registry").click()
+    table = page.locator("#registry-table")
+    table.get_by_text("pirate", exact=True).first.wait_for()
+    headers = table.locator("thead th")
+    texts = [t.strip() for t in headers.all_inner_texts()]
+    assert [t for t in texts if t] == REGISTRY_COLUMNS
+    heights = {round(h["height"]) for h in (headers.nth(i).bounding_box() for i in range(headers.count()))}
+    assert len(heights) == 1 and max(heights) < 60  # one line each: no wrapped headers
+    page.screenshot(path=str(tmp_path / "registry.png"))
+
+
+def table_rows(page, elem_id: str, width: int) -> list[list[str]]:
+    """The table's cells in the order shown (Gradio moves the cell elements when it sorts), ``width`` per row."""
+    cells = page.evaluate(f"() => [...document.querySelectorAll('#{elem_id} [data-row]')].map(c => c.innerText.trim())")
+    return [cells[i : i + width] for i in range(0, len(cells), width)]
+
+
+def test_registry_table_sorts_by_a_column(page):
+    page.get_by_role("tab", name="Registry").click()
+    table = page.locator("#registry-table")
+    table.get_by_text("pirate", exact=True).first.wait_for()
+    width, norm = len(REGISTRY_COLUMNS), REGISTRY_COLUMNS.index("norm")
+    before = table_rows(page, "registry-table", width)
+    smallest = min(before, key=lambda row: float(row[norm]))[norm]
+    assert before[0][norm] != smallest  # the registry's order is not already by norm
+    header = table.locator("thead th:visible").nth(norm)
+    header.hover()
+    header.get_by_role("button", name="Open cell menu").click()
+    page.get_by_role("menuitem", name="Sort ascending").click()
+    page.wait_for_function(
+        "([w, i, v]) => document.querySelectorAll('#registry-table [data-row]')[i]?.innerText.trim() === v",
+        arg=[width, norm, smallest],
+    )
+    after = table_rows(page, "registry-table", width)
+    assert [float(row[norm]) for row in after] == sorted(float(row[norm]) for row in before)
+    assert sorted(after) == sorted(before)
+
+
+def test_quick_controls_are_disabled_while_the_editor_drives(page):
+    page.get_by_text("Spec editor: multi-layer").click()
+    page.locator("#quick-overridden").wait_for()
+    assert page.locator("#vector input").is_disabled()
+    assert page.locator("#layer input[type=number]").is_disabled()
+    page.get_by_text("Quick: one vector").click()
+    page.locator("#quick-overridden").wait_for(state="hidden")
+    assert page.locator("#vector input").is_enabled()
+
+
+def test_copy_buttons_and_word_diff(page):
+    set_tokens(page, 6)
+    page.locator("#generate").click()
+    wait_finished(page)
+    for side in ("baseline", "steered"):
+        assert page.locator(f"#{side}-output button[aria-label*='opy']").count() == 1
+    diff = page.locator("#word-diff")
+    diff.get_by_text("steered only").first.wait_for()
+    shown = re.sub(r"\s+", "", diff.inner_text())
+    steered_words = re.sub(r"\s+", "", pane(page, "steered"))
+    assert steered_words[:10] in shown
+
+
+def test_a_waiting_user_sees_waiting_for_the_model(page, url):
+    client = Client(url, verbose=False)
+    busy = client.submit(prompt="Tell me a long story.", vector="pirate", max_new_tokens=300, api_name="/compare")
+    try:
+        for _ in range(3000):  # until the other user's run streams: it holds the engine
+            if busy.outputs():
+                break
+            time.sleep(0.2)
+        assert busy.outputs(), "the other user's run never started"
+        set_tokens(page, 3)
+        page.locator("#generate").click()
+        for side in ("baseline", "steered"):
+            page.locator(f"#{side}-stats").get_by_text("waiting for the model…").wait_for()
+        assert not busy.done()
+    finally:
+        busy.cancel()
+    wait_finished(page)
+    assert pane(page, "steered")
+
+
+def test_sweep_grid_shows_rows_running_then_done(page):
+    set_tokens(page, 12)
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#sweep-scales textarea, #sweep-scales input").first.fill("-1, 1")
+    page.locator("#sweep-run").click()
+    cells = "[...document.querySelectorAll('#sweep-grid [data-row]')].map(c => c.textContent)"
+    # the grid is there before any output, every row running; then each row ends
+    page.wait_for_function(f"r => {cells}.filter(t => t.includes(r)).length >= 2", arg=SWEEP_RUNNING)
+    page.wait_for_function(
+        f"r => {{ const t = {cells}; return t.length >= 6 && !t.some(c => c.includes(r)); }}",
+        arg=SWEEP_RUNNING,
+        timeout=TIMEOUT_MS,
+    )
+    rows = table_rows(page, "sweep-grid", len(SWEEP_COLUMNS))
+    assert [float(row[0]) for row in rows] == [-1.0, 1.0]
+    assert all(int(row[1]) > 0 and row[2] for row in rows)
+
+
+def test_create_form_default_layer_is_a_third_of_the_depth(page, hf_default):
+    page.get_by_role("tab", name="Registry").click()
+    box = page.locator("#new-layer input[type=number]")
+    assert box.input_value() == str(hf_default.num_layers // 3)
