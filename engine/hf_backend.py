@@ -202,11 +202,16 @@ class HFSteerModel(SteerableModel):
         finished = [False] * b
         reasons: list[str | None] = [None] * b
         counts = [0] * b
-        with self._lock, torch.inference_mode(), self._hooks(tables, row_slots):
+        # This is a generator: a streaming caller (Gradio) may resume it on another thread after each yield, and
+        # inference mode is thread-local, so it is entered around each forward, never held across a yield.
+        with self._lock, self._hooks(tables, row_slots):
             cache = DynamicCache()
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-            for _ in range(config.max_new_tokens):
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                )
                 tokens = self._pick(out.logits[:, -1, :], config, generators)
+            for _ in range(config.max_new_tokens):
                 step: list[int | None] = []
                 for row in range(b):
                     if finished[row]:
@@ -224,9 +229,15 @@ class HFSteerModel(SteerableModel):
                     return
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
                 positions = positions[:, -1:] + 1
-                out = self.model(
-                    input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-                )
+                with torch.inference_mode():
+                    out = self.model(
+                        input_ids=tokens[:, None],
+                        attention_mask=mask,
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                    )
+                    tokens = self._pick(out.logits[:, -1, :], config, generators)
 
     def _generate(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True

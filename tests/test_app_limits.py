@@ -133,7 +133,7 @@ def test_max_new_tokens_is_checked_in_the_handler(tiny, registry, tmp_path):
         "(the operator can raise it with SIDESTEER_MAX_NEW_TOKENS or --max-new-tokens)"
     )
     with pytest.raises(SteeringError, match="max_new_tokens: 100000 tokens is over"):
-        cb.sweep("hello", "", "up", 1, 1.0, 100000, 0.0, 1.0, 0, True, "quick", None, "1", {})
+        list(cb.sweep("hello", "", "up", 1, 1.0, 100000, 0.0, 1.0, 0, True, "quick", None, "1", {}))
     assert cb.engine.work == []
     assert list(cb.compare("hello", "", "up", 1, 1.0, 8, 0.0, 1.0, 0, True, "quick", None, {}))[-1][2].startswith("8 tokens")
 
@@ -149,20 +149,20 @@ def test_prompt_tokens_are_checked_in_the_handler(tiny, registry, tmp_path):
     with pytest.raises(
         SteeringError, match="prompt: 36 tokens is over this server.s limit of 10"
     ):  # "<system>system\n<user>hi\n<assistant>" + bos
-        cb.sweep("hi", "system", "up", 1, 1.0, 2, 0.0, 1.0, 0, False, "quick", None, "1", {})
+        list(cb.sweep("hi", "system", "up", 1, 1.0, 2, 0.0, 1.0, 0, False, "quick", None, "1", {}))
     assert cb.engine.work == []
 
 
 def test_sweep_points_are_limited(tiny, registry, tmp_path):
     cb = callbacks(tiny, registry, tmp_path, max_sweep_points=3)
     with pytest.raises(SteeringError) as info:
-        cb.sweep("hello", "", "up", 1, 1.0, 2, 0.0, 1.0, 0, True, "quick", None, "1, 2, 3, 4", {})
+        list(cb.sweep("hello", "", "up", 1, 1.0, 2, 0.0, 1.0, 0, True, "quick", None, "1, 2, 3, 4", {}))
     assert str(info.value) == (
         "scales: 4 values; a sweep takes at most 3 on this server "
         "(the operator can raise it with SIDESTEER_MAX_SWEEP_POINTS or --max-sweep-points)"
     )
     assert cb.engine.work == []
-    assert len(cb.sweep("hello", "", "up", 1, 1.0, 2, 0.0, 1.0, 0, True, "quick", None, "1, 2, 3", {})) == 3
+    assert len(list(cb.sweep("hello", "", "up", 1, 1.0, 2, 0.0, 1.0, 0, True, "quick", None, "1, 2, 3", {}))[-1]) == 3
 
 
 def test_spec_editor_rows_are_limited_before_any_lookup(tiny, registry, tmp_path):

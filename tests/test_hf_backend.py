@@ -130,6 +130,26 @@ def test_stream_equals_generate(model):
     assert [finished[i][1] for i in range(3)] == [g.finish_reason for g in full]
 
 
+def test_stream_resumed_on_other_threads_equals_generate(model):
+    """A streaming UI resumes the stream on a pool thread after each event; inference mode is thread-local, so a
+    stream that held it across a yield ran its next forward with grad mode on ("Inference tensors cannot be saved
+    for backward")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec = SteeringSpec.single(1, rand(13, 3.0))
+    full = model.generate(PROMPTS, GREEDY, steering=[spec, None, spec])
+    stream = model.generate_stream(PROMPTS, GREEDY, steering=[spec, None, spec])
+    finished = {}
+    while True:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a new thread for every step
+            event = pool.submit(next, stream, None).result()
+        if event is None:
+            break
+        if event.finished:
+            finished[event.index] = event.token_ids
+    assert [finished[i] for i in range(3)] == [g.token_ids for g in full]
+
+
 def test_sampling_seeded_and_independent_of_batch(model):
     cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_p=0.9, seed=123)
     a = model.generate(PROMPTS, cfg)

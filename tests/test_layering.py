@@ -214,3 +214,25 @@ def test_importing_the_engine_patches_nothing_until_the_extension_loads():
     every = ["cpu.load_model", "cpu.warming_up_model", "mrv2.execute_model", "mrv2.load_model", "mrv2.prepare_inputs",
              "v1._prepare_inputs", "v1.execute_model", "v1.load_model"]  # fmt: skip
     assert patched_after_importing("engine.vllm_extension") == [every, True]
+
+
+MAY_IMPORT = {
+    "vectors": {"vectors"},
+    "engine": {"vectors", "engine"},
+    "rollouts": {"vectors", "engine", "rollouts"},
+    "app": {"vectors", "engine", "app"},
+    "sidesteer": {"vectors", "engine", "rollouts", "app", "sidesteer"},
+    "bench": {"vectors", "engine", "rollouts", "app", "sidesteer", "bench"},  # measurement: nothing imports it
+}
+
+
+def test_packages_import_only_what_docs_architecture_allows():
+    """The table in docs/ARCHITECTURE.md: vectors <- engine <- (rollouts, app) <- sidesteer, counting imports in functions."""
+    graph = import_graph(product_modules())
+    wrong = sorted(
+        f"{module} imports {other}"
+        for module, imported in graph.items()
+        for other in imported
+        if other.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]
+    )
+    assert wrong == []
