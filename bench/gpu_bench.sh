@@ -26,6 +26,10 @@ if [ "$cmd" = install ]; then
     exit 0
 fi
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+# On the H200 (vLLM 0.26.0) the benchmark's first engine core, forked from this driver, failed with "Cannot
+# re-initialize CUDA in forked subprocess" although no step of the driver's set-up initializes CUDA (checked);
+# spawned engine processes start cleanly.
+export VLLM_WORKER_MULTIPROC_METHOD=${VLLM_WORKER_MULTIPROC_METHOD:-spawn}
 tok=${TOKENIZER:-.gpu-bundle/tok}
 # Three engines (ceiling, A/A control, steered) at 0.3 each; the 8B gets two at 0.42 (three 8B engines at 0.3 OOM an
 # 80 GB H100 in the sampler), TP 2 three at 0.28 (at 0.3 the third engine found 23.67 < 23.75 GiB free).
