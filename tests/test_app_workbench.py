@@ -7,9 +7,7 @@ opens its own page (its own session). Screenshots go to ``tmp_path`` only.
 from __future__ import annotations
 
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,8 +21,6 @@ from vectors import SteeringSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 TIMEOUT_MS = 600_000  # generation on a busy CPU
 PIRATE_WORDS = re.compile(r"\b(arr+|matey|ye|ahoy|aye|sea|seas|ship|sail\w*|treasure|pirate\w*|captain|mermaid\w*)\b", re.I)
 
@@ -40,17 +36,6 @@ def url(hf_default, registry):
         pytest.skip("needs the shipped registry/smollm2 vectors")
     with serve(hf_default, registry) as address:
         yield address
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("system chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def open_page(browser, url, width=1440, height=900):
