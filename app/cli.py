@@ -32,6 +32,7 @@ from app.deploy import (
 )
 from app.limits import OPTIONS
 from app.server import HOST_ENV, PORT_ENV, default_host, default_port
+from engine.auto_backend import BackendChoice, apply_threads, choose_backend, detect_machine
 from vectors import SteeringError
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -59,15 +60,16 @@ logger = logging.getLogger("sidesteer.app")
 _demo: Any = None
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` where a CUDA GPU is present, else ``hf`` (transformers)."""
+def backend_choice(backend: str) -> BackendChoice:
+    """The backend ``--backend`` asks for on this machine, its torch threads and why (:mod:`engine.auto_backend`)."""
     if backend not in BACKENDS:
         raise SystemExit(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    import torch
+    return choose_backend(backend, detect_machine())
 
-    return "vllm" if torch.cuda.is_available() else "hf"
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``vllm`` where a CUDA GPU and vLLM are present, else ``hf`` (transformers)."""
+    return backend_choice(backend).backend
 
 
 def environment_help() -> str:
@@ -194,13 +196,14 @@ def check_port(host: str, port: int) -> None:
 
 def create_engine(backend: str, model: str) -> Any:
     """Load the model on the chosen backend."""
-    backend = resolve_backend(backend)
-    if backend == "vllm":
+    choice = backend_choice(backend)
+    if choice.backend == "vllm":
         from engine import VLLMSteeringConfig, VLLMSteerModel
 
         return VLLMSteerModel(VLLMSteeringConfig(model_name=model, capture=True))  # the Registry tab extracts vectors
     from engine import HFSteerModel
 
+    apply_threads(choice)  # on CPU: all cores but one, so a busy neighbour cannot stall torch's threads
     return HFSteerModel(model)
 
 
@@ -237,7 +240,9 @@ def create_demo(args: argparse.Namespace) -> Any:
     """
     limits = limits_from_args(args)
     registry = create_registry(args)
-    logger.info("loading model %r on backend %s", args.model, resolve_backend(args.backend))
+    choice = backend_choice(args.backend)
+    why = f" ({choice.reason})" if args.backend == "auto" else ""  # an explicit --backend needs no reason
+    logger.info("loading model %r on backend %s%s", args.model, choice.backend, why)
     engine = create_engine(args.backend, args.model)
     logger.info("engine: %s", describe_engine(engine))
     engine.limits = limits.request_limits()

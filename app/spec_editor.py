@@ -162,6 +162,16 @@ def rows_to_spec(rows: Any, source: VectorSource, metadata: SpecMetadata | None 
     return spec
 
 
+def has_cap_or_ablation(rows: Any) -> bool:
+    """Whether any editor row names a cap or an ablation vector (the UI then leaves the first token unsteered)."""
+    if isinstance(rows, Mapping):
+        rows = rows.get("data") or []
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        return False
+    cells = [list(row) + [None] * len(COLUMNS) for row in rows if isinstance(row, Sequence) and not isinstance(row, (str, bytes))]
+    return any(not (_is_blank(row[3]) and _is_blank(row[6])) for row in cells)
+
+
 OPS = ("vector", "cap", "ablation")
 NameKey = tuple[int, str]  # (layer, op): which cell of the editor a vector name fills
 

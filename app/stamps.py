@@ -54,13 +54,6 @@ def describe_rows(rows: Any) -> list[str]:
     return phrases
 
 
-def describe_setup(vector: str | None, layer: Any, scale: Any, steering_mode: str, editor: Any) -> str:
-    """The steering setup in words (quick mode: one add op; editor mode: every row)."""
-    if steering_mode == "editor":
-        return "; ".join(describe_rows(editor))
-    return f"L{_g(layer)}: add {vector} ×{_g(scale)}"
-
-
 def describe_sampling(config: GenerationConfig) -> str:
     """``greedy`` or ``T 0.8 · top-p 0.95``, then the seed and the token budget."""
     sampling = "greedy" if config.temperature == 0 else f"T {_g(config.temperature)} · top-p {_g(config.top_p)}"
@@ -70,6 +63,9 @@ def describe_sampling(config: GenerationConfig) -> str:
 def stamps(setup: str, spec: SteeringSpec, config: GenerationConfig) -> tuple[str, str]:
     """Markdown stamps of the baseline and the steered pane."""
     sampling = describe_sampling(config)
+    skip = spec.skip_first_tokens
+    if skip:  # the ops start at position `skip`: say so, it changes what a cap or ablation does
+        setup = f"{setup} · first {skip} token{'s' if skip > 1 else ''} unsteered"
     steered = f"**steered** · {escape_markdown(setup)} · spec `{spec.fingerprint()[:FINGERPRINT_CHARS]}` · {sampling}"
     return f"**unsteered** · {sampling}", steered
 

@@ -15,21 +15,23 @@ from typing import Any
 
 import gradio as gr
 
-from app.api_inputs import name_inputs, vector_dropdown
+from app.api_inputs import name_inputs
 from app.callbacks import GENERATE_LABEL, RESTART_LABEL, SPEC_SUFFIXES, SWEEP_COLUMNS, Callbacks
+from app.chat import chat_views, new_chat
 from app.errors import user_errors
 from app.events import on_page_and_api
 from app.limits import AppLimits
+from app.projection_view import attach_projection_view
+from app.quick_controls import quick_controls
 from app.registry_tab import NO_LATEX, registry_tab
 from app.sides import SIDES, WAITING
-from app.spec_editor import COLUMNS, DATATYPES
+from app.spec_editor import COLUMNS, DATATYPES, has_cap_or_ablation
 from app.stamps import BASELINE_ONLY, STEERED_ONLY, word_diff
 from engine import SteerableModel
 from vectors import LAYER_CONVENTION, VectorRegistry
 
 ENGINE_CONCURRENCY = 4  # generation events at once; the HF backend serialises them, vLLM batches them
 MAX_QUEUE = 64  # waiting events beyond this get "queue is full"
-SCALE_RANGE = 20.0
 DEFAULT_NEW_TOKENS = 64
 # Gradio's cache (uploads, the copies of exports it serves): every 15 min, delete this app's files older than 1 h.
 DELETE_CACHE = (900, 3600)
@@ -48,8 +50,11 @@ INTRO = (
     "from the steering. **Enter** or **Generate** runs it; pressing it again while it streams restarts it."
 )
 OVERRIDDEN = "**Quick controls overridden:** the spec editor drives the steering (switch Steering back to Quick to use them)."
-# Round and clamp a typed layer in the browser: the number box would otherwise keep 7.5 or 99.
-SNAP_LAYER = "(v) => Math.min({high}, Math.max(0, Math.round(Number(v) || 0)))"
+SKIP_INFO = (
+    "1 when a cap or ablation is used (token 0 is an attention sink whose huge projection a cap or ablation would "
+    "wreck), 0 for add-only; set for you when the steering changes"
+)
+CHAT_INFO = "Each pane continues its own conversation: the steered side from its steered replies, the baseline from its own"
 # Toasts at the bottom right, narrow: at the top right they covered the steered pane's label and copy button.
 CSS = ".toast-wrap { top: auto !important; bottom: 16px !important; max-width: 420px; }"
 # Gradio 6 takes css= only in launch(), which app.server owns: add the rule from the page instead.
@@ -102,8 +107,6 @@ def build_demo(
     )
     names = cb.vector_names()
     first = cb.default_vector()
-    top = engine.num_layers - 1
-    default_layer, default_scale = cb.vector_defaults(first, engine.num_layers // 3, 4.0)
     engine_bound: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": engine_concurrency}
     hidden: dict[str, Any] = {"api_visibility": "private", "show_progress": "hidden"}
 
@@ -128,25 +131,22 @@ def build_demo(
                         generate = gr.Button(GENERATE_LABEL, variant="primary", elem_id="generate", scale=2)
                         stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
                     steering_mode = gr.Radio(
-                        [("Quick: one vector", "quick"), ("Spec editor: multi-layer", "editor")],
+                        [("Quick: vectors", "quick"), ("Spec editor: multi-layer", "editor")],
                         value="quick",
                         label="Steering",
                         elem_id="steering-mode",
                     )
                     overridden = gr.Markdown(OVERRIDDEN, visible=False, elem_id="quick-overridden")
-                    with gr.Group():
-                        vector = vector_dropdown(
-                            names,
-                            value=first,
-                            allow_custom_value=True,
-                            label="Vector",
-                            elem_id="vector",
-                            info="Registry vectors that fit the loaded model",
-                        )
-                        layer = gr.Slider(0, top, value=default_layer, step=1, label=f"Layer (0-{top})", elem_id="layer")
-                        scale = gr.Slider(
-                            -SCALE_RANGE, SCALE_RANGE, value=default_scale, step=0.1, label="Scale", elem_id="scale"
-                        )
+                    quick = quick_controls(cb, names, first, engine.num_layers, session_vectors)
+                    vector, layer, scale = quick.first.vector, quick.first.layer, quick.first.scale
+                    skip_first_tokens = gr.Number(
+                        value=0,  # the API's default: every token steered, as before (the page sets its own on load)
+                        precision=0,
+                        minimum=0,
+                        label="Leave the first N tokens unsteered",
+                        info=SKIP_INFO,
+                        elem_id="skip-first-tokens",
+                    )
                     with gr.Accordion(
                         "Spec editor (multi-layer)", open=False, elem_id="spec-editor-accordion"
                     ) as editor_accordion:
@@ -161,6 +161,11 @@ def build_demo(
                             elem_id="spec-editor",
                         )
                         to_editor = gr.Button("Copy quick setup into the editor", size="sm", elem_id="quick-to-editor")
+                    with gr.Row():
+                        chat_mode = gr.Checkbox(
+                            label="Multi-turn chat", value=False, info=CHAT_INFO, elem_id="chat-mode", scale=3
+                        )
+                        new_chat_button = gr.Button("New chat", size="sm", elem_id="new-chat", scale=1)
                     with gr.Accordion("Prompt options and sampling", open=False):
                         system_prompt = gr.Textbox(value="", label="System prompt (optional)", lines=1, elem_id="system-prompt")
                         raw_completion = gr.Checkbox(
@@ -204,11 +209,39 @@ def build_demo(
                                         elem_id=side.stats_elem_id,
                                     )
                                 )
+                    with gr.Row(visible=False, elem_id="conversation") as conversation:
+                        chats = [
+                            gr.Chatbot(
+                                label=f"{side.label}: conversation",
+                                height=320,
+                                buttons=["copy_all"],
+                                elem_id=f"{side.key}-chat",
+                            )
+                            for side in SIDES
+                        ]
                     diff = gr.HighlightedText(
                         label="Word diff: baseline vs steered",
                         color_map={BASELINE_ONLY: "red", STEERED_ONLY: "green"},
                         show_legend=True,
                         elem_id="word-diff",
+                    )
+                    attach_projection_view(
+                        cb,
+                        prompt=prompt,
+                        system_prompt=system_prompt,
+                        raw_completion=raw_completion,
+                        steered_text=texts[[side.steered for side in SIDES].index(True)],
+                        steering_inputs=[
+                            vector,
+                            layer,
+                            scale,
+                            steering_mode,
+                            editor,
+                            session_vectors,
+                            *quick.extra_inputs,
+                            skip_first_tokens,
+                        ],
+                        **engine_bound,
                     )
         with gr.Tab("Sweep", id="sweep"):
             gr.Markdown(
@@ -252,8 +285,8 @@ def build_demo(
         # -- wiring ----------------------------------------------------------------------------------------------
         name_inputs(
             {
-                "layer": layer,
-                "scale": scale,
+                **quick.named_inputs(),
+                "skip_first_tokens": skip_first_tokens,
                 "max_new_tokens": max_new_tokens,
                 "temperature": temperature,
                 "top_p": top_p,
@@ -261,8 +294,12 @@ def build_demo(
                 "editor": editor,
                 "file": import_file,
             },
-            integers=("layer", "max_new_tokens", "seed"),
+            integers=("layer", "layer_2", "layer_3", "layer_4", "skip_first_tokens", "max_new_tokens", "seed"),
+            unbounded=("scale", "scale_2", "scale_3", "scale_4"),  # each vector has its own range on the page
         )
+        history = gr.State(new_chat())  # each side's conversation (multi-turn chat)
+        # after session_vectors, as the handlers take them: rows 2-4, then the leading positions left unsteered
+        more = [*quick.extra_inputs, skip_first_tokens]
         steering = [vector, layer, scale, steering_mode, editor]
         request = [
             prompt,
@@ -294,50 +331,66 @@ def build_demo(
         compare_event = on_page_and_api(
             triggers,
             cb.compare,
-            [*request, session_vectors],
-            [*texts, *stats],
+            [*request, session_vectors, *more, chat_mode, history],
+            [*texts, *stats, history],
             api_name="compare",
             trigger_mode="multiple",
             **engine_bound,
         )
         compare_event.then(cb.generate_label, None, generate, **hidden)
+        compare_event.then(lambda turns: chat_views(turns), history, chats, **hidden)
         compare_event.success(user_errors(word_diff), texts, diff, api_name="word_diff", show_progress="hidden")
         stop.click(cb.stopped_stats, stats, stats, cancels=[compare_event], queue=False, **hidden).then(
             lambda: gr.Button(GENERATE_LABEL), None, generate, **hidden
         )
-        layer.change(None, layer, layer, js=SNAP_LAYER.format(high=top), **hidden)
-        on_page_and_api(
-            [vector.change],
-            cb.vector_defaults,
-            [vector, layer, scale, session_vectors],
-            [layer, scale],
-            api_name="vector_defaults",
-            show_progress="hidden",
+        # /vector_defaults for API clients (the page's rows follow their vectors in app.quick_controls)
+        gr.Button(visible=False, elem_id="api-vector-defaults").click(
+            user_errors(cb.vector_defaults), [vector, layer, scale, session_vectors], [layer, scale], api_name="vector_defaults"
         )
+        gr.Button(visible=False, elem_id="api-scale-note").click(
+            user_errors(cb.scale_note), [vector, layer, scale, session_vectors], quick.first.note, api_name="scale_note"
+        )
+        on_page_and_api(
+            [new_chat_button.click],
+            cb.new_chat,
+            None,
+            [history, *texts, *stats],
+            api_name="new_chat",
+            show_progress="hidden",
+        ).then(lambda: chat_views(None), None, chats, **hidden)
+        for chat in chats:  # a chat's own clear (bin) button starts a new chat on both sides
+            chat.clear(cb.new_chat, None, [history, *texts, *stats], **hidden).then(
+                lambda: chat_views(None), None, chats, **hidden
+            )
+        chat_mode.change(lambda on: gr.Row(visible=on), chat_mode, conversation, **hidden)
+
+        def default_skip(mode: str, rows: Any) -> int:
+            return 1 if mode == "editor" and has_cap_or_ablation(rows) else 0
+
+        gr.on([steering_mode.change, editor.change], default_skip, [steering_mode, editor], skip_first_tokens, **hidden)
+        demo.load(default_skip, [steering_mode, editor], skip_first_tokens, **hidden)
         on_page_and_api(
             [to_editor.click],
             cb.quick_to_editor,
-            [vector, layer, scale, session_vectors],
+            [vector, layer, scale, session_vectors, *quick.extra_inputs],
             [steering_mode, editor],
             api_name="quick_to_editor",
             show_progress="hidden",
         )
 
         def mode_changed(mode: str) -> tuple[Any, ...]:
-            quick = mode != "editor"
+            on = mode != "editor"
             return (
-                gr.Accordion(open=not quick),
-                gr.Markdown(visible=not quick),
-                gr.Dropdown(interactive=quick),
-                gr.Slider(interactive=quick),
-                gr.Slider(interactive=quick),
+                gr.Accordion(open=not on),
+                gr.Markdown(visible=not on),
+                *(type(c)(interactive=on) for c in quick.interactive),  # gr.Dropdown / gr.Slider / gr.Button updates
             )
 
-        steering_mode.change(mode_changed, steering_mode, [editor_accordion, overridden, vector, layer, scale], **hidden)
+        steering_mode.change(mode_changed, steering_mode, [editor_accordion, overridden, *quick.interactive], **hidden)
         on_page_and_api(
             [sweep_button.click],
             cb.sweep,
-            [*request, scales, session_vectors],
+            [*request, scales, session_vectors, *more],
             [sweep_grid],
             api_name="sweep",
             show_progress="minimal",  # the grid stays readable while its rows stream in
@@ -346,14 +399,14 @@ def build_demo(
         on_page_and_api(
             [export_button.click],
             cb.export_spec,
-            [*steering, description, session_vectors],
+            [*steering, description, session_vectors, *more],
             [export_file],
             api_name="export_spec",
         )
         on_page_and_api(
             [export_gguf_button.click],
             cb.export_gguf,
-            [*steering, description, session_vectors],
+            [*steering, description, session_vectors, *more],
             [export_file],
             api_name="export_gguf",
         )
@@ -374,6 +427,13 @@ def build_demo(
 
         demo.load(
             user_errors(on_load), [session_vectors, registry.name, vector], [registry.table, vector, registry.name], **hidden
+        )
+        # rows 2-4 list the same vectors as row 1: the table changes whenever the list may have (load, create, delete)
+        registry.table.change(
+            lambda session: tuple(gr.Dropdown(choices=cb.vector_names(session)) for _ in quick.rows[1:]),
+            session_vectors,
+            [row.vector for row in quick.rows[1:]],
+            **hidden,
         )
         demo.load(user_errors(cb.engine_info), None, engine_json, **hidden)
         demo.load(None, js=ADD_CSS, **hidden)

@@ -5,6 +5,8 @@ Usage:
     python -m bench table FILE.json [...]          # the Markdown tables of result files (bench.table)
     python -m bench table --pool A.json B.json     # one table of the rounds of several runs
     python -m bench rollouts [--backend vllm|hf]   # rollouts: one batch vs one call per variant (bench.rollout_batching)
+    python -m bench rollouts-ray [--backend ...]   # rollouts: plain engine vs Ray replicas (bench.ray_overhead)
+    python -m bench cpu [--rounds N] [--vllm]      # CPU compare pair: every candidate interleaved (bench.cpu_pair)
     bench/gpu_bench.sh install|0.6b|...|parity DIR  # the GPU machine's runs (wraps python -m bench)
 """
 
@@ -23,6 +25,14 @@ def main(argv: list[str]) -> int:
         from bench import rollout_batching
 
         return rollout_batching.main(argv[1:])
+    if argv[:1] == ["rollouts-ray"]:
+        from bench import ray_overhead
+
+        return ray_overhead.main(argv[1:])
+    if argv[:1] == ["cpu"]:
+        from bench import cpu_pair
+
+        return cpu_pair.main(argv[1:])
     from bench import run
 
     run.main(argv)

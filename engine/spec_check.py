@@ -39,7 +39,7 @@ def content_token(spec: SteeringSpec) -> tuple[tuple[Any, ...], list[Any]]:
     meta = spec.metadata
     _put(parts, keep, spec.layers)
     _put(parts, keep, meta)
-    parts += [getattr(meta, "hidden_size", None), getattr(meta, "model_id", None)]
+    parts += [getattr(meta, "hidden_size", None), getattr(meta, "model_id", None), getattr(spec, "skip_first_tokens", None)]
     for index, layer in spec.layers.items():
         parts.append(index)
         _put(parts, keep, layer)

@@ -8,6 +8,11 @@ data (a zero row), never a Python ``if``: vLLM traces hooks once and freezes bra
 
 Order inside a layer (see :mod:`vectors.convention`): add ``scale * vector``, then clamp the projection onto the
 cap direction into ``[min, max]``, then multiply the component along the ablation direction by ``scale``.
+
+Position mask (``SteeringSpec.skip_first_tokens``): each slot row also holds ``skip``, and a token whose position in
+its own sequence is below its slot's ``skip`` leaves :func:`steer_rows` unchanged (:func:`unsteered_positions`). Both
+backends pass each token's position: the transformers hook the ``position_ids`` of the forward, the vLLM hook the
+``positions`` its decoder layer receives.
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ import torch
 
 from vectors import OP_ORDER, LayerSteeringSpec, SteeringError
 from vectors.limits import MAX_ABLATION_SCALE, MAX_ADD_NORM, MAX_CAP_BOUND
+from vectors.spec import MAX_SKIP_FIRST_TOKENS
 
-ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale")
+ROW_FIELDS = ("add", "cap_dir", "cap_min", "cap_max", "abl_dir", "abl_scale", "skip")
 VECTOR_FIELDS = ("add", "cap_dir", "abl_dir")  # [rows, hidden] tables; the others are [rows]
 # The "no steering" value of every field (row 0, and every layer a spec leaves out): changes nothing bit-for-bit.
-NO_OP_FILL = {"add": 0.0, "cap_dir": 0.0, "cap_min": float("-inf"), "cap_max": float("inf"), "abl_dir": 0.0, "abl_scale": 1.0}
+NO_OP_FILL = {
+    "add": 0.0,
+    "cap_dir": 0.0,
+    "cap_min": float("-inf"),
+    "cap_max": float("inf"),
+    "abl_dir": 0.0,
+    "abl_scale": 1.0,
+    "skip": 0.0,
+}
 
 
 @dataclass
@@ -38,6 +52,8 @@ class SlotTables:
         cap_max: ``[rows]`` upper bound of the projection (+inf = none).
         abl_dir: ``[rows, hidden]`` unit ablation direction (0 = no ablation).
         abl_scale: ``[rows]`` factor for the component along ``abl_dir`` (1 = unchanged).
+        skip: ``[rows]`` positions ``p < skip`` are left unsteered (0 = none); whole numbers stored as float32, exact
+            up to 2**24 (the spec allows at most ``MAX_SKIP_FIRST_TOKENS`` = 2**20).
     """
 
     add: torch.Tensor
@@ -46,6 +62,7 @@ class SlotTables:
     cap_max: torch.Tensor
     abl_dir: torch.Tensor
     abl_scale: torch.Tensor
+    skip: torch.Tensor
 
     @classmethod
     def empty(cls, num_slots: int, hidden_size: int, device: torch.device | str = "cpu") -> SlotTables:
@@ -68,18 +85,25 @@ class SlotTables:
         return int(self.add.shape[1])
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The six tables by name (the same objects: writing into them updates the tables)."""
+        """The tables by name (the same objects: writing into them updates the tables)."""
         return {name: getattr(self, name) for name in ROW_FIELDS}
 
 
-def layer_rows(layer: LayerSteeringSpec | None, hidden_size: int) -> dict[str, torch.Tensor]:
-    """The table row values (float32, CPU) for one layer's ops; ``None`` gives the "no steering" row."""
+def layer_rows(layer: LayerSteeringSpec | None, hidden_size: int, skip_first_tokens: int = 0) -> dict[str, torch.Tensor]:
+    """The table row values (float32, CPU) for one layer's ops; ``None`` gives the "no steering" row.
+
+    Args:
+        layer: The layer's ops (None: no steering).
+        hidden_size: The model's hidden size.
+        skip_first_tokens: The spec's :attr:`~vectors.SteeringSpec.skip_first_tokens` (every layer of a spec gets it).
+    """
     rows = {
         name: torch.full((hidden_size,) if name in VECTOR_FIELDS else (), NO_OP_FILL[name], dtype=torch.float32)
         for name in ROW_FIELDS
     }
     if layer is None:
         return rows
+    rows["skip"] = torch.tensor(float(skip_first_tokens))
     if layer.vector is not None:
         rows["add"] = layer.vector * layer.scale
     cap = layer.projection_cap
@@ -123,7 +147,8 @@ def check_rows(rows: dict[str, np.ndarray | float], where: str) -> None:
 
     The driver checks every payload before it leaves, and the worker checks again on receipt (a payload that
     bypassed the driver must not reach the tables): non-finite values, an add beyond the spec limit, directions that
-    are neither unit nor zero, cap bounds beyond the limit (or infinite on the wrong side), a bad ablation scale.
+    are neither unit nor zero, cap bounds beyond the limit (or infinite on the wrong side), a bad ablation scale, a
+    ``skip`` that is not a whole number in ``0..MAX_SKIP_FIRST_TOKENS``.
 
     Raises:
         SteeringError: Names the field and the limit.
@@ -148,12 +173,34 @@ def check_rows(rows: dict[str, np.ndarray | float], where: str) -> None:
     scale = float(rows["abl_scale"])
     if not math.isfinite(scale) or abs(scale) > MAX_ABLATION_SCALE:
         raise SteeringError(f"{where}.abl_scale: {scale} is beyond the limit |scale| <= {MAX_ABLATION_SCALE:g}")
+    skip = float(rows["skip"])
+    if not (math.isfinite(skip) and skip == int(skip) and 0 <= skip <= MAX_SKIP_FIRST_TOKENS):
+        raise SteeringError(
+            f"{where}.skip: {skip} is not a whole number in 0..{MAX_SKIP_FIRST_TOKENS}; send the spec's skip_first_tokens"
+        )
+
+
+def unsteered_positions(positions: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables) -> torch.Tensor:
+    """``[num_tokens, 1]`` bool: the tokens whose position is below their slot's ``skip`` (they stay unsteered).
+
+    Args:
+        positions: ``[num_tokens]`` each token's 0-based position in its own sequence (not a padded column).
+        slot_index: ``[num_tokens]`` each token's slot row.
+        tables: The layer's slot tables.
+    """
+    # float32 compares exactly: skip <= 2**20, and positions beyond 2**24 round to values that are larger still.
+    return (positions.to(torch.float32) < tables.skip[slot_index])[:, None]
 
 
 def steer_rows(
-    x: torch.Tensor, slot_index: torch.Tensor, tables: SlotTables, ops: frozenset[str] = ALL_OPS, bound: float = STREAM_BOUND
+    x: torch.Tensor,
+    slot_index: torch.Tensor,
+    tables: SlotTables,
+    ops: frozenset[str] = ALL_OPS,
+    bound: float = STREAM_BOUND,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply each token's slot ops to the residual stream.
+    """Apply each token's slot ops to the residual stream, except at positions below the slot's ``skip``.
 
     Args:
         x: ``[num_tokens, hidden]`` residual stream, float32.
@@ -163,11 +210,15 @@ def steer_rows(
             it once); per-request "off" is always data (row 0), never this argument. Leaving out the cap and the
             ablation drops their two reductions per layer.
         bound: Magnitude the result is clamped to (:func:`stream_bound` of the model's dtype); NaN becomes 0.
+        positions: ``[num_tokens]`` each token's position in its own sequence; a token whose position is below its
+            slot's ``skip`` is not steered (:func:`unsteered_positions`). None: no position is skipped (for callers
+            that steer whole streams, such as :func:`steer_layer_output`).
 
     Returns:
-        ``[num_tokens, hidden]`` float32 steered stream, finite. Rows with slot 0 equal ``x`` exactly (for a finite
-        ``x`` within ``bound``).
+        ``[num_tokens, hidden]`` float32 steered stream, finite. Rows with slot 0, and rows at a skipped position,
+        equal ``x`` exactly (for a finite ``x`` within ``bound``).
     """
+    unsteered = x
     if "add" in ops:
         x = x + tables.add[slot_index]
     if "projection_cap" in ops:
@@ -179,6 +230,8 @@ def steer_rows(
         abl_dir = tables.abl_dir[slot_index]
         comp = (x * abl_dir).sum(dim=-1, keepdim=True)
         x = x + (tables.abl_scale[slot_index, None] - 1.0) * comp * abl_dir
+    if positions is not None:  # branch on an argument fixed per call site, never on data (vLLM traces it once)
+        x = torch.where(unsteered_positions(positions, slot_index, tables), unsteered, x)
     # Branch-free: a steered stream that left the finite range never reaches attention (and so the KV cache).
     return torch.nan_to_num(x, nan=0.0, posinf=bound, neginf=-bound).clamp(-bound, bound)
 

@@ -221,7 +221,7 @@ def spec_payload(spec: SteeringSpec, hidden_size: int) -> dict[int, dict[str, An
     """
     out: dict[int, dict[str, Any]] = {}
     for layer in spec.active_layers():
-        rows = layer_rows(spec.layers[layer], hidden_size)  # float32 CPU tensors: the one conversion of the scale
+        rows = layer_rows(spec.layers[layer], hidden_size, spec.skip_first_tokens)  # float32 CPU tensors
         out[layer] = {name: rows[name].numpy().astype("<f4", copy=False).tobytes() if rows[name].dim()
                       else float(rows[name]) for name in ROW_FIELDS}  # fmt: skip
     return out
@@ -294,7 +294,9 @@ class VLLMSteerModel(SteerableModel):
             "worker_extension_cls": EXTENSION,
             "additional_config": {
                 CONFIG_KEY: {
-                    "version": 1,
+                    # Part of the AOT compile cache's key: bump it whenever the hooks' traced math changes, or a graph
+                    # compiled by older hooks is silently reused (2: the position mask of skip_first_tokens).
+                    "version": 2,
                     "layers": self.bootstrap_layers,
                     "max_slots": c.max_slots,
                     "hidden_size": self.hidden_size,
@@ -346,6 +348,7 @@ class VLLMSteerModel(SteerableModel):
         try:
             infos = self.engine.collective_rpc("steer_info")
             self.worker_info = infos[0]
+            self.worker_info["positions"] = all(i.get("positions", False) for i in infos)  # every rank must mask
             missing = set(self.bootstrap_layers) - set().union(*(set(i["layers"]) for i in infos))
             if missing:
                 raise SteeringError(f"bootstrap_layers: workers did not hook layers {sorted(missing)}")
@@ -707,6 +710,21 @@ class VLLMSteerModel(SteerableModel):
                 "restart with bootstrap_layers including them (hooks must exist before vLLM compiles)"
             )
 
+    def validate_spec(self, spec: SteeringSpec) -> SteeringSpec:
+        """:meth:`SteerableBackend.validate_spec`, and refuse ``skip_first_tokens`` where the workers see no positions.
+
+        Raises:
+            SteeringError: See the base method; also ``skip_first_tokens > 0`` on a model whose decoder layers do not
+                take token positions (the hooks cannot tell the first tokens from the rest there).
+        """
+        spec = super().validate_spec(spec)
+        if spec.skip_first_tokens and not getattr(self, "worker_info", {}).get("positions", False):
+            raise SteeringError(
+                f"skip_first_tokens: {spec.skip_first_tokens} needs token positions, which this model's decoder layers "
+                "do not pass to the steering hooks on vLLM; use skip_first_tokens=0 or the transformers backend"
+            )
+        return spec
+
     def _params(self, config: GenerationConfig, index: int, max_tokens: int | None = None, stream: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -829,9 +847,10 @@ class VLLMSteerModel(SteerableModel):
         return {layer: torch.from_numpy(sum(per.values()) / len(prompt_ids)).to(torch.float32) for layer, per in means.items()}
 
     def _capture_round(
-        self, prompt_ids: list[list[int]], indices: list[int], layers: list[int]
+        self, prompt_ids: list[list[int]], indices: list[int], layers: list[int], spec: SteeringSpec | None = None
     ) -> dict[int, dict[int, tuple[bytes, int]]]:
-        """Run ``indices`` once with capture on; per layer and prompt index: (float64 sum bytes, token count)."""
+        """Run ``indices`` once with capture on, steered by ``spec`` (validated; None = unsteered); per layer and
+        prompt index: (float64 sum bytes, token count)."""
         with self._capture_lock:
             engine = self.engine
             self._call(lambda: engine.collective_rpc("steer_capture_begin", args=(layers,)))
@@ -865,7 +884,7 @@ class VLLMSteerModel(SteerableModel):
                             index,
                             prompt_ids[index],
                             self._params(config, index, 1),
-                            None,
+                            spec,
                             job,
                             capture_id=index,
                             salt=salt,
@@ -931,3 +950,11 @@ class VLLMSteerModel(SteerableModel):
             "runner": self.worker_info.get("runner"),
             "config": {k: v for k, v in asdict(self.config).items() if k != "engine_kwargs"},
         }
+
+    # -- projection trace -----------------------------------------------------------------------------------------
+    def _trace_rows(self, ids: list[int], spec: SteeringSpec, layer: int) -> tuple[torch.Tensor, None]:
+        """The stream at ``layer`` before its ops, captured per token by :func:`engine.vllm_trace.pre_rows` (every
+        prefix of ``ids`` through the capture RPCs); ``post`` is left to :func:`engine.projection_trace.post_rows`."""
+        from engine.vllm_trace import pre_rows
+
+        return pre_rows(self, ids, spec, layer), None

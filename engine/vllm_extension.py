@@ -63,6 +63,7 @@ class SteeringWorkerExtension:
             "patched": PATCHES["runners"],
             "device": str(state.device),
             "ops": sorted(state.ops),
+            "positions": state.positions,  # every hooked layer reads token positions: skip_first_tokens works
             "graph_max_tokens": _graph_max_tokens(self.model_runner),  # type: ignore[attr-defined]
             "requests_tracked": len(state.req_slots),  # live requests this worker knows the slot of
             "requests_steered": state.n_steered,  # of which steered (0: steps take the unsteered fast path)

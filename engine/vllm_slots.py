@@ -8,10 +8,18 @@ forward). Each step, the runner wrappers call :meth:`WorkerSteering.admit` (requ
 (:func:`engine.steering_ops.steer_rows`) over buffers that are only ever updated in place, so compiled graphs and
 CUDA-graph replay see every change. Slot contents arrive as float32 bytes (:func:`write_slots`). The names shared
 with the driver (``CONFIG_KEY``, the ``extra_args`` keys) live here. Importing this module patches nothing.
+
+Positions (``SteeringSpec.skip_first_tokens``): vLLM's decoder layers take the step's token positions as their first
+argument (``layer(positions, hidden_states, residual)`` in Llama, Qwen2/3, Gemma2/3: each token's absolute position
+in its own request, chunked prefill and prefix hits included). The hook reads them from there, so the compiled graph
+and CUDA-graph replay see each step's positions as an input, like the hidden states. A layer whose ``forward`` does
+not start with ``positions`` cannot skip positions; :attr:`WorkerSteering.positions` says so and the driver refuses
+specs with ``skip_first_tokens > 0`` on such an engine.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
@@ -33,6 +41,8 @@ __all__ = [
     "install",
     "read_slot",
     "steering_state",
+    "step_positions",
+    "takes_positions",
     "write_slots",
 ]
 
@@ -49,8 +59,26 @@ VLLM_LAYER_PATHS = (
     "language_model.layers",
     "transformer.h",
 )
+OPTIONAL_FIELDS = ("skip",)  # wire fields a payload may leave out (their no-op value)
 STAGING_BYTES = 64 << 20  # host staging per slot-write chunk
 _STATE_ATTR = "_sidesteer"  # the runner attribute that holds its WorkerSteering
+
+
+def takes_positions(module: torch.nn.Module) -> bool:
+    """True when the decoder layer's ``forward`` takes the token positions as its first argument (vLLM's layers)."""
+    try:
+        params = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "positions"
+
+
+def step_positions(args: tuple[Any, ...], num_tokens: int) -> torch.Tensor:
+    """``[num_tokens]`` positions from a decoder layer's arguments (the first row of M-RoPE's ``[3, num_tokens]``)."""
+    positions = args[0]
+    if positions.dim() == 2:  # M-RoPE: (temporal, height, width); text tokens carry their position in each row
+        positions = positions[0]
+    return positions[:num_tokens]
 
 
 def find_vllm_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -99,10 +127,14 @@ class WorkerSteering:
         self.tables: dict[int, SlotTables] = {}
         self.sinks: dict[int, torch.Tensor] = {}
         self.handles = []
+        self.positions = True  # every hooked layer reads its token positions (skip_first_tokens works)
+        self._reads_positions: dict[int, bool] = {}
         for layer in cfg["layers"]:
             module = self.layers_list[layer]
             if type(module).__name__ == "PPMissingLayer":  # another pipeline rank owns this layer
                 continue
+            self._reads_positions[layer] = takes_positions(module)
+            self.positions = self.positions and self._reads_positions[layer]
             self.tables[layer] = SlotTables.empty(self.max_slots, self.hidden_size, self.device)
             self.sinks[layer] = torch.zeros(1, device=self.device)
             self.handles.append(module.register_forward_hook(self._make_hook(layer)))
@@ -114,6 +146,7 @@ class WorkerSteering:
         sink = self.sinks[layer]
         capture = self.capture
         ops = self.ops
+        reads_positions = self._reads_positions[layer]  # fixed per layer class: a trace-time constant
 
         def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
             if isinstance(output, tuple) and len(output) == 2 and output[1] is not None:
@@ -122,7 +155,9 @@ class WorkerSteering:
             else:
                 hidden, residual = (output[0] if isinstance(output, tuple) else output), None
                 stream = hidden.to(torch.float32)
-            steered = steer_rows(stream, slot_index[: stream.shape[0]], tables, ops, stream_bound(hidden.dtype))
+            n = stream.shape[0]
+            positions = step_positions(args, n) if reads_positions else None
+            steered = steer_rows(stream, slot_index[:n], tables, ops, stream_bound(hidden.dtype), positions)
             if capture:
                 torch.ops.sidesteer.capture(steered, sink, layer)
             out = steered.to(hidden.dtype)
@@ -252,13 +287,16 @@ def _bytes_to_rows(payload: dict[str, Any], hidden: int, where: str) -> dict[str
     """One layer's wire-format row: float32 arrays for the vector fields, floats for the scalars.
 
     Checked like the driver checks it (:func:`engine.steering_ops.check_rows`): a payload that bypassed the driver
-    must not put NaN, Inf or out-of-limit values into tables every request reads.
+    must not put NaN, Inf or out-of-limit values into tables every request reads. ``skip`` may be left out (0: every
+    position steered, the meaning of a payload from before the field); the driver always sends it.
     """
     rows: dict[str, np.ndarray | float] = {}
-    if not isinstance(payload, dict) or set(payload) != set(ROW_FIELDS):
-        raise ValueError(f"sidesteer: {where} must hold exactly the fields {list(ROW_FIELDS)}")
+    if not isinstance(payload, dict) or not set(ROW_FIELDS) - set(OPTIONAL_FIELDS) <= set(payload) <= set(ROW_FIELDS):
+        raise ValueError(
+            f"sidesteer: {where} must hold exactly the fields {list(ROW_FIELDS)} ({', '.join(OPTIONAL_FIELDS)} may be left out)"
+        )
     for name in ROW_FIELDS:
-        value = payload[name]
+        value = payload.get(name, NO_OP_FILL[name])
         if isinstance(value, (bytes, bytearray, memoryview)):
             arr = np.frombuffer(value, dtype="<f4")
             if name not in VECTOR_FIELDS or arr.size != hidden:

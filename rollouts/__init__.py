@@ -13,6 +13,9 @@ command line; docs/ROLLOUTS.md describes the flags and files. One concept a modu
 - :mod:`rollouts.sharding`: every ``stride``-th dataset from ``offset``, to split datasets over machines.
 - :mod:`rollouts.run`: :func:`run_rollouts`, the batch loop over an engine, with a retry of a batch the engine died
   under.
+- :mod:`rollouts.ray_pool`: :class:`ReplicaPool`, data parallel: engine replicas on Ray fed from the driver's queue
+  (``--replicas``); :mod:`rollouts.replica`: one replica (a Ray actor's body) and the driver's view of it. Ray is an
+  optional dependency, imported only when replicas are asked for.
 - :mod:`rollouts.paths`: the default dataset root and registry of a checkout.
 
 Output
@@ -29,8 +32,9 @@ from rollouts.datasets import DATASET_FILE, DatasetPrompt, RolloutDataset, list_
 from rollouts.manifest import MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, DatasetOutput, environment_info
 from rollouts.paths import DEFAULT_DATASET_ROOT, DEFAULT_REGISTRY, REPO_ROOT
 from rollouts.plan import RolloutSettings, WorkItem, batches, plan_work, record_seed
+from rollouts.ray_pool import ReplicaPool
 from rollouts.records import RECORD_FIELDS, RECORDS_FILE, RecordKey, RolloutFile, read_records, record_key
-from rollouts.run import RolloutSummary, run_rollouts
+from rollouts.run import BatchRunner, RolloutSummary, run_rollouts
 from rollouts.sharding import partition
 from rollouts.variants import (
     VECTOR_KINDS,
@@ -55,8 +59,10 @@ __all__ = [
     "REPO_ROOT",
     "VECTOR_KINDS",
     "DatasetOutput",
+    "BatchRunner",
     "DatasetPrompt",
     "RecordKey",
+    "ReplicaPool",
     "RolloutDataset",
     "RolloutFile",
     "RolloutSettings",

@@ -1,17 +1,19 @@
 """The driver: every missing record of every dataset, generated in batches of per-request steered completions.
 
 All variants x prompts x rollouts of all datasets are sent to the engine in batches of ``batch_size`` completions,
-each completion steered by its own spec. A batch the engine died under (``EngineDeadError``) is sent again.
+each completion steered by its own spec. A batch the engine died under (``EngineDeadError``) is sent again. Who
+generates a batch is a :class:`BatchRunner`: this process's model by default (:func:`generate_batches`), or engine
+replicas on Ray (:class:`rollouts.ray_pool.ReplicaPool`); either way this driver alone writes the records.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.errors import EngineDeadError
 from engine.generation import Generation, GenerationConfig
@@ -22,7 +24,7 @@ from rollouts.plan import RolloutSettings, WorkItem, batches, plan_work
 from rollouts.variants import build_variants, load_vectors
 from vectors import SteeringError, VectorRegistry
 
-__all__ = ["RolloutSummary", "run_rollouts"]
+__all__ = ["BatchRunner", "RolloutSummary", "batch_config", "generate_batch", "generate_batches", "run_rollouts"]
 
 log = logging.getLogger("sidesteer.rollouts")  # the CLI adds its --log file handler to this logger
 
@@ -38,14 +40,29 @@ class RolloutSummary:
     seconds: float = 0.0
     batches: int = 0
     engine_retries: int = 0  # batches sent again after the engine died under them
+    replicas_lost: int = 0  # Ray replicas that died during the run
+    requeued: int = 0  # batches a lost replica had in flight, sent to another replica
 
     @property
     def records_written(self) -> int:
         return sum(self.written.values())
 
 
-def _generate_batch(model: SteerableModel, batch: list[WorkItem], config: GenerationConfig, retries: int,
-                    summary: RolloutSummary) -> list[Generation]:  # fmt: skip
+class BatchRunner(Protocol):
+    """Generates batches of work items and yields each finished batch with its completions (in any order)."""
+
+    def results(self, batches: list[list[WorkItem]], settings: RolloutSettings,
+                summary: RolloutSummary) -> Generator[tuple[list[WorkItem], list[Generation]], None, None]: ...  # fmt: skip
+
+
+def batch_config(batch: Sequence[WorkItem], settings: RolloutSettings) -> GenerationConfig:
+    """The generation settings of one batch: the run's sampling settings and each record's own seed."""
+    return GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                            top_p=settings.top_p, seeds=[w.seed for w in batch])  # fmt: skip
+
+
+def generate_batch(model: SteerableModel, batch: list[WorkItem], config: GenerationConfig, retries: int,
+                   summary: RolloutSummary) -> list[Generation]:  # fmt: skip
     """One batch's completions; sent again (at most ``retries`` times) when the engine dies under it."""
     prompts, steering = [w.prompt.prompt for w in batch], [w.variant.spec for w in batch]
     attempt = 0
@@ -61,6 +78,13 @@ def _generate_batch(model: SteerableModel, batch: list[WorkItem], config: Genera
             log.warning("the engine died under a batch of %d (%s); sending it again (%d/%d)", len(batch), exc, attempt, retries)
 
 
+def generate_batches(model: SteerableModel, batches: list[list[WorkItem]], settings: RolloutSettings,
+                     summary: RolloutSummary) -> Generator[tuple[list[WorkItem], list[Generation]], None, None]:  # fmt: skip
+    """The default :class:`BatchRunner`: every batch on ``model`` in this process, in order."""
+    for batch in batches:
+        yield batch, generate_batch(model, batch, batch_config(batch, settings), settings.engine_retries, summary)
+
+
 def run_rollouts(
     model: SteerableModel,
     datasets: Sequence[RolloutDataset],
@@ -70,6 +94,7 @@ def run_rollouts(
     *,
     run_info: dict[str, Any] | None = None,
     progress: bool = True,
+    runner: BatchRunner | None = None,
 ) -> RolloutSummary:
     """Generate every missing record of every dataset, in batches of per-request steered completions.
 
@@ -85,6 +110,8 @@ def run_rollouts(
         output_root: Parent of the per-dataset output folders.
         run_info: The run's arguments, stored in each manifest.
         progress: Show a tqdm bar (records, records/s, ETA, tokens/s).
+        runner: Who generates the batches (default: ``model`` in this process). With engine replicas on Ray,
+            ``model`` is the pool's stand-in (:attr:`rollouts.ray_pool.ReplicaPool.model`) and ``runner`` the pool.
 
     Returns:
         Counts of written and skipped records per dataset.
@@ -119,11 +146,13 @@ def run_rollouts(
                desc="rollouts", disable=not progress, dynamic_ncols=True, smoothing=0.1)  # fmt: skip
     status = "interrupted"
     start = time.perf_counter()
+    work_batches = list(batches(work, settings.batch_size))
+    if runner is None:
+        results = generate_batches(model, work_batches, settings, summary)
+    else:
+        results = runner.results(work_batches, settings, summary)
     try:
-        for batch in batches(work, settings.batch_size):
-            config = GenerationConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                      top_p=settings.top_p, seeds=[w.seed for w in batch])  # fmt: skip
-            generations = _generate_batch(model, batch, config, settings.engine_retries, summary)
+        for batch, generations in results:
             per_dataset: dict[int, list[dict[str, Any]]] = {}
             for w, gen in zip(batch, generations, strict=True):
                 v = w.variant
@@ -142,10 +171,15 @@ def run_rollouts(
             bar.set_postfix(tok_s=f"{summary.tokens / max(summary.seconds, 1e-9):.0f}", refresh=False)
         status = "complete"
     finally:
+        results.close()  # a stop (error, Ctrl-C) drops the batches Ray replicas still have in flight
         bar.close()
         summary.seconds = time.perf_counter() - start
         for out, dataset in zip(outputs, datasets, strict=True):
             out.finish(status, summary.written[dataset.name], summary.skipped[dataset.name])
+        if summary.replicas_lost:
+            log.warning(
+                "%d replicas died; %d batches they had in flight were sent again", summary.replicas_lost, summary.requeued
+            )
         log.info("%s after %.1f s: %d records written in %d batches, %d tokens (%.1f tok/s)", status, summary.seconds,
                  summary.records_written, summary.batches, summary.tokens, summary.tokens / max(summary.seconds, 1e-9))  # fmt: skip
     return summary

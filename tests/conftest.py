@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# Before anything imports torch (pytest imports this file before any test module), and inherited by every process a
+# test starts (vLLM's spawned workers, the app, the scripts): OpenMP threads busy-wait between parallel regions, so
+# on a loaded 2-core machine torch's runs collapse (2 x 8 tokens of the default model: 33-49 s with the defaults,
+# 7.3 s with OMP_WAIT_POLICY=PASSIVE, 3.5 s with OMP_NUM_THREADS=1; measured). The tests run tiny batches, where one
+# thread loses nothing. A value set by the caller wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 CHECKOUT_CHANGES = pytest.StashKey[str]()

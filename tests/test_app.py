@@ -5,6 +5,7 @@ The app runs in-process on 127.0.0.1; every call goes through the queue and the 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -296,3 +297,48 @@ def test_server_files_outside_the_app_folders_are_not_served(url, registry):
     entry = registry.get(registry.names()[0])
     for path in (entry.path.resolve(), Path(__file__).resolve()):
         assert httpx.get(f"{url}gradio_api/file={path}").status_code == 403
+
+
+def test_compare_api_takes_several_vectors_and_names_the_bad_field(client, hf_default, registry):
+    if not {"happy", "formal"} <= set(registry.names()):
+        pytest.skip("needs the shipped registry/smollm2 vectors")
+    _, steered, _, stamp = compare(client, vector="happy", layer=8, scale=3.0, vector_2="formal", layer_2=10, scale_2=2.5)
+    spec = SteeringSpec(
+        {8: LayerSteeringSpec(registry.get("happy").vector, 3.0), 10: LayerSteeringSpec(registry.get("formal").vector, 2.5)}
+    )
+    request = build_prompt(PROMPT, "", raw_completion=False)
+    assert steered == hf_default.generate(request, GenerationConfig(max_new_tokens=TOKENS, seed=0), steering=spec)[0].text
+    assert f"L8\\: add happy ×3\\; L10\\: add formal ×2\\.5 · spec `{spec.fingerprint()[:12]}`" in stamp
+    bad = [
+        ({"vector_2": "nope", "layer_2": 9}, "vector_2: name: no vector 'nope'"),
+        ({"vector_3": "formal", "layer_3": 7.5}, "layer_3: 7.5 is not a whole number; send a whole number between 0 and 29"),
+        ({"vector_2": "formal", "layer_2": 8}, "layer_2: layer 8 is already steered by row 1"),
+        ({"vector_4": "formal", "layer_4": 9, "scale_4": "x"}, "scale_4: 'x' is not a number"),
+        ({"skip_first_tokens": -1}, "skip_first_tokens: -1 is out of range"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(AppError, match=re.escape(message)):
+            compare(client, vector="happy", layer=8, scale=3.0, **kwargs)
+
+
+def test_chat_over_the_api_continues_the_sessions_conversation(client, hf_default, registry):
+    name = registry.names()[-1]
+    layer = registry.get(name).suggested_layer or 1
+    setup = {"vector": name, "layer": layer, "scale": 2.0, "chat_mode": True}
+    first = compare(client, **setup)
+    second = compare(client, prompt="And then?", **setup)
+    spec = quick_spec(hf_default, registry, name, layer, 2.0)
+    config = GenerationConfig(max_new_tokens=TOKENS, seed=0)
+
+    def conversation(reply: str) -> list[dict[str, str]]:
+        return [
+            {"role": "user", "content": PROMPT},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "And then?"},
+        ]
+
+    assert second[1] == hf_default.generate(conversation(first[1]), config, steering=spec)[0].text
+    assert second[0] == hf_default.generate(conversation(first[0]), config, steering=[None])[0].text
+    assert client.predict(api_name="/new_chat") == ("", "", "", "")
+    fresh = compare(client, prompt="And then?", **setup)
+    assert fresh[1] == hf_default.generate(build_prompt("And then?", "", False), config, steering=spec)[0].text

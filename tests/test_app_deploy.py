@@ -148,7 +148,7 @@ def test_read_only_mode_keeps_created_vectors_in_the_session(engine, tmp_path, s
     assert cb.vector_names(session) == ["up", name]
     assert cb.vector_defaults(name, 0, 1.0, session) == (3, 2.5)
     vector = session[name].vector
-    *_, (_, steered, _, _) = cb.compare("hello", "", name, 3, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, session)
+    *_, (_, steered, _, _, _) = cb.compare("hello", "", name, 3, 2.0, 4, 0.0, 1.0, 0, True, "quick", None, session)
     assert (
         steered
         == engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=SteeringSpec.single(3, vector, 2.0))[0].text

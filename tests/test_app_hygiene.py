@@ -224,9 +224,9 @@ def compare_args(session=None):
 def test_compare_says_engine_restarting_then_works_on_the_next_click(engine, registry, tmp_path):
     fake = RestartingEngine(engine, "restarting", failures=1)
     cb = Callbacks(fake, registry, tmp_path / "exports")
-    assert list(cb.compare(*compare_args())) == [
-        notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS),
-        notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS),
+    assert list(cb.compare(*compare_args())) == [  # each output ends with the (unchanged) chat history
+        (*notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS), None),
+        (*notice(ENGINE_RESTARTING_RETRY, ENGINE_RESTARTING_STATS), None),
     ]
     assert ENGINE_RESTARTING_WAIT == "engine restarting — your request will run when it is back"
     last = list(cb.compare(*compare_args()))[-1]
@@ -239,7 +239,7 @@ def test_compare_says_engine_restarting_then_works_on_the_next_click(engine, reg
 def test_compare_waits_for_a_restarting_engine(engine, registry, tmp_path):
     cb = Callbacks(RestartingEngine(engine, "restarting", failures=0), registry, tmp_path / "exports")
     outputs = list(cb.compare(*compare_args()))
-    assert outputs[0] == notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS)  # shown while the call waits
+    assert outputs[0] == (*notice(ENGINE_RESTARTING_WAIT, ENGINE_RESTARTING_STATS), None)  # shown while it waits
     assert outputs[-1][0] == engine.generate("hello", GenerationConfig(max_new_tokens=4), steering=[None])[0].text
 
 

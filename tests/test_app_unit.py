@@ -13,6 +13,7 @@ import torch
 
 from app.callbacks import Callbacks, build_prompt, parse_scales
 from app.errors import user_errors
+from app.scale_range import scale_range
 from app.sides import SIDES
 from app.spec_editor import IMPORTED_PREFIX, VectorSource, rows_to_spec, spec_to_rows
 from engine import GenerationConfig
@@ -119,13 +120,18 @@ def test_build_prompt():
 def test_registry_is_filtered_to_vectors_that_fit(cb):
     assert [row[0] for row in cb.list_vectors()] == ["down", "up"]
     assert cb.vector_defaults("up", 0, 9.0) == (2, 1.5)
-    assert cb.vector_defaults("down", 3, 9.0) == (3, 9.0)  # no suggestions: keep the sliders
+    # no suggested scale: 0.4x the residual norm at the layer (measured on the reference prompts) over the vector's norm
+    residual = cb.reference_residual_norms()[3]
+    down = cb.registry.get("down").norm
+    step = scale_range(down, residual, None).step
+    assert cb.vector_defaults("down", 3, 9.0) == (3, round(round(0.4 * residual / down / step) * step, 10))
 
 
 def test_compare_streams_both_sides_and_ends_with_the_batch_result(cb, engine, registry):
     outputs = list(cb.compare("hello", "", "up", 2, 4.0, 6, 0.9, 1.0, 5, True, "quick", None, {}))
-    assert len(outputs) >= 2 and all(len(o) == 2 * len(SIDES) for o in outputs)
-    baseline, steered, baseline_stats, steered_stats = outputs[-1]
+    assert len(outputs) >= 2 and all(len(o) == 2 * len(SIDES) + 1 for o in outputs)  # the panes, then the chat history
+    baseline, steered, baseline_stats, steered_stats, history = outputs[-1]
+    assert history is None  # not a chat: no history kept
     spec = SteeringSpec.single(2, registry.get("up").vector, 4.0)
     config = GenerationConfig(max_new_tokens=6, temperature=0.9, seed=5)
     assert baseline == engine.generate("hello", config, steering=[None])[0].text

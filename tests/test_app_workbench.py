@@ -15,9 +15,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from app.callbacks import GENERATE_LABEL, REGISTRY_COLUMNS, RESTART_LABEL, SWEEP_COLUMNS, SWEEP_RUNNING, build_prompt
+from app.scale_range import REFERENCE_PROMPTS, scale_note, scale_range
 from engine import GenerationConfig
 from tests.test_app_support import registry_copy, serve
-from vectors import SteeringSpec
+from vectors import LayerSteeringSpec, ProjectionCapSpec, SteeringSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -189,7 +190,7 @@ def test_spec_round_trip_keeps_vector_names(page, registry, tmp_path):
     # happy and happy.activation hold the same tensor; each comes back under the name it was exported with
     assert torch.equal(registry.get("happy").vector, registry.get("happy.activation").vector)
     assert "happy.activation" in export_and_import(page, tmp_path, "happy.activation")
-    page.get_by_text("Quick: one vector").click()
+    page.get_by_text("Quick: vectors").click()
     cells = export_and_import(page, tmp_path, "happy")
     assert "happy.activation" not in cells
 
@@ -300,7 +301,7 @@ def test_quick_controls_are_disabled_while_the_editor_drives(page):
     page.locator("#quick-overridden").wait_for()
     assert page.locator("#vector input").is_disabled()
     assert page.locator("#layer input[type=number]").is_disabled()
-    page.get_by_text("Quick: one vector").click()
+    page.get_by_text("Quick: vectors").click()
     page.locator("#quick-overridden").wait_for(state="hidden")
     assert page.locator("#vector input").is_enabled()
 
@@ -360,3 +361,89 @@ def test_create_form_default_layer_is_a_third_of_the_depth(page, hf_default):
     page.get_by_role("tab", name="Registry").click()
     box = page.locator("#new-layer input[type=number]")
     assert box.input_value() == str(hf_default.num_layers // 3)
+
+
+def steered_stamp(page) -> str:
+    return page.locator("#steered-stats").inner_text().splitlines()[-1]
+
+
+def test_scale_slider_follows_the_vector_and_says_what_it_means(page, hf_default, registry):
+    messages = [[{"role": "user", "content": p}] for p in REFERENCE_PROMPTS]
+    residual = float(hf_default.mean_activations(messages, [8])[8].norm())  # the shipped vectors have no record
+    for name in ("happy", "pirate"):  # the page starts on pirate: pick another first so that the change fires
+        entry = registry.get(name)
+        pick(page, "vector", name)
+        note = scale_note(entry.suggested_scale, entry.norm, residual, 8)
+        page.locator("#scale-note").get_by_text(note, exact=True).wait_for()
+        span = scale_range(entry.norm, residual, entry.suggested_scale).span
+        page.wait_for_function("s => document.querySelector('#scale input[type=number]').max === s", arg=f"{span:g}")
+    assert note == "2 = about 0.51x the residual norm at layer 8"  # pirate: +-5 instead of +-20
+    box = page.locator("#scale input[type=number]")
+    box.fill("4")
+    box.press("Tab")
+    page.locator("#scale-note").get_by_text(scale_note(4.0, registry.get("pirate").norm, residual, 8), exact=True).wait_for()
+
+
+def test_two_vector_rows_steer_together_and_one_click_removes_a_row(page, registry, tmp_path):
+    assert page.locator("#quick-row-2").first.is_hidden()
+    page.locator("#add-row").click()
+    page.locator("#quick-row-2").first.wait_for()
+    pick(page, "vector-2", "formal")
+    page.wait_for_function("() => document.querySelector('#layer-2 input[type=number]').value === '10'")
+    page.wait_for_function("() => document.querySelector('#scale-2 input[type=number]').value === '2.5'")
+    set_tokens(page, 3)
+    page.locator("#generate").click()
+    both = SteeringSpec(
+        {8: LayerSteeringSpec(registry.get("pirate").vector, 2.0), 10: LayerSteeringSpec(registry.get("formal").vector, 2.5)}
+    )
+    stamp = f"steered · L8: add pirate ×2; L10: add formal ×2.5 · spec {both.fingerprint()[:12]} · greedy · seed 0 · max 3 tokens"
+    page.locator("#steered-stats").get_by_text(stamp).wait_for(timeout=TIMEOUT_MS)
+    page.screenshot(path=str(tmp_path / "two-rows.png"))
+    page.locator("#remove-row-2").click()
+    page.locator("#quick-row-2").first.wait_for(state="hidden")
+    page.locator("#generate").click()
+    one = SteeringSpec.single(8, registry.get("pirate").vector, 2.0).fingerprint()[:12]
+    page.locator("#steered-stats").get_by_text(f"L8: add pirate ×2 · spec {one}").wait_for(timeout=TIMEOUT_MS)
+
+
+def test_multi_turn_chat_keeps_each_sides_own_history(page, hf_default, registry, tmp_path):
+    page.locator("#chat-mode input").check()
+    page.locator("#conversation").wait_for()
+    set_tokens(page, 8)
+    page.locator("#prompt textarea").fill("Hi! Who are you?")
+    page.locator("#generate").click()
+    messages = "sel => document.querySelectorAll(sel + ' [data-testid=bot]').length"
+    page.wait_for_function(f"sel => ({messages})(sel) === 1", arg="#steered-chat", timeout=TIMEOUT_MS)
+    first = {side: pane(page, side) for side in ("baseline", "steered")}
+    page.locator("#prompt textarea").fill("Tell me more.")
+    page.locator("#generate").click()
+    page.wait_for_function(f"sel => ({messages})(sel) === 2", arg="#steered-chat", timeout=TIMEOUT_MS)
+    page.screenshot(path=str(tmp_path / "chat.png"))
+    config = GenerationConfig(max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+    spec = SteeringSpec.single(8, registry.get("pirate").vector, 2.0)
+    for side, steering in (("baseline", [None]), ("steered", spec)):
+        conversation = [
+            {"role": "user", "content": "Hi! Who are you?"},
+            {"role": "assistant", "content": first[side]},
+            {"role": "user", "content": "Tell me more."},
+        ]
+        assert pane(page, side) == hf_default.generate(conversation, config, steering=steering)[0].text, side
+    page.locator("#new-chat").click()
+    page.wait_for_function(f"sel => ({messages})(sel) === 0", arg="#steered-chat")
+    assert pane(page, "steered") == ""
+
+
+def test_a_cap_leaves_the_first_token_unsteered_by_default(page, registry, tmp_path):
+    assert page.locator("#skip-first-tokens input").input_value() == "0"  # add-only: every token steered
+    pirate = registry.get("pirate").vector
+    cap = SteeringSpec({8: LayerSteeringSpec(projection_cap=ProjectionCapSpec(pirate, -20.0, 20.0))})
+    page.get_by_role("tab", name="Spec files").click()
+    page.locator("#import-file input[type=file]").set_input_files(str(cap.save(tmp_path / "cap.safetensors")))
+    page.locator("#import-status").get_by_text("Imported").wait_for()
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_function("() => document.querySelector('#skip-first-tokens input').value === '1'")
+    set_tokens(page, 3)
+    page.locator("#generate").click()
+    skipped = SteeringSpec(cap.layers, skip_first_tokens=1).fingerprint()[:12]
+    stamp = f"L8: cap pirate [-20, 20] · first 1 token unsteered · spec {skipped}"
+    page.locator("#steered-stats").get_by_text(stamp).wait_for(timeout=TIMEOUT_MS)

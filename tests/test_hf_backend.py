@@ -285,3 +285,91 @@ def test_a_spec_is_validated_once_per_entry_and_again_only_after_a_change(model,
     with pytest.raises(SteeringError, match=r"layers\[1\]\.vector: the vector holds NaN or Inf"):
         model.generate(PROMPTS[:1], GREEDY, steering=spec)
     assert len(calls) == 3
+    spec.layers[1].vector = torch.ones(H)
+    model.validate_spec(spec)
+    spec.skip_first_tokens = -1  # the spec-level field counts as content too
+    with pytest.raises(SteeringError, match=r"skip_first_tokens: -1 is negative"):
+        model.generate(PROMPTS[:1], GREEDY, steering=spec)
+    assert len(calls) == 5
+
+
+def steering_deltas(model: HFSteerModel, prompts: list[str], specs: list[SteeringSpec | None], tokens: int = 4):
+    """Per forward of the generation loop (prefill, then each decode step): layer 1's output ``[batch, seq, hidden]``
+    before the steering hooks (a hook registered first runs first) and after them (layer 2's input)."""
+    before: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    handles = [
+        model.layers[1].register_forward_hook(lambda m, a, o: before.append((o[0] if isinstance(o, tuple) else o).clone())),
+        model.layers[2].register_forward_pre_hook(
+            lambda m, a, k: after.append((k["hidden_states"] if "hidden_states" in k else a[0]).clone()), with_kwargs=True
+        ),
+    ]
+    try:
+        model.generate(prompts, GenerationConfig(max_new_tokens=tokens, ignore_eos=True), steering=specs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(before) == len(after) == tokens  # the prefill and tokens - 1 decode steps
+    return before, after
+
+
+def test_skip_first_tokens_leaves_leading_positions_unsteered_in_a_left_padded_batch(model):
+    """Position p of each row (its index in its own sequence, not the padded column) is unsteered exactly when
+    p < its spec's skip_first_tokens, in the prefill and in every decode step; every other token gets the exact add."""
+    prompts = ["a", "hello world", "abc"]  # 2, 12 and 4 tokens with the BOS: rows 0 and 2 are left-padded
+    adds = [rand(20, 3.0), rand(21, 3.0), rand(22, 3.0)]
+    skips = [3, 1, 0]  # row 0's skip reaches past its prompt into its decode steps; row 2 steers position 0 too
+    specs = [SteeringSpec.single(1, add, 1.0, skip_first_tokens=skip) for add, skip in zip(adds, skips, strict=True)]
+    lengths = [len(model.encode_prompt(p)) for p in prompts]
+    width = max(lengths)
+    before, after = steering_deltas(model, prompts, specs)
+    checked = {"unsteered": 0, "steered": 0}
+    for step, (pre, post) in enumerate(zip(before, after, strict=True)):
+        for row, (length, add, skip) in enumerate(zip(lengths, adds, skips, strict=True)):
+            if step == 0:
+                columns = range(width - length, width)
+                positions = [c - (width - length) for c in columns]
+            else:
+                columns, positions = [0], [length + step - 1]
+            for column, position in zip(columns, positions, strict=True):
+                if position < skip:
+                    assert torch.equal(post[row, column], pre[row, column]), (step, row, position)
+                    checked["unsteered"] += 1
+                else:
+                    assert torch.equal(post[row, column], pre[row, column] + add), (step, row, position)
+                    checked["steered"] += 1
+    # row 0: positions 0, 1 (prompt) and 2 (first decode input); row 1: position 0
+    assert checked == {"unsteered": 4, "steered": 2 + 12 + 4 + 3 * 3 - 4}
+
+
+def test_skip_first_tokens_on_a_cap_changes_only_later_positions(model):
+    """A cap with skip_first_tokens=1: position 0's stream passes unchanged, later positions are capped (their
+    projection is clamped to the bounds), and the tokens equal the same cap without skip where position 0 is within
+    the bounds anyway."""
+    d = rand(23)
+    unit = d / d.norm()
+    spec = SteeringSpec({1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(d, -0.05, 0.05))}, skip_first_tokens=1)
+    before, after = steering_deltas(model, ["the quick brown fox"], [spec], tokens=2)
+    pre, post = before[0][0], after[0][0]  # the prefill's only row: [seq, hidden]
+    assert torch.equal(post[0], pre[0]) and not -0.05 <= float(pre[0] @ unit) <= 0.05
+    projections = post[1:] @ unit
+    assert projections.abs().max() <= 0.05 + 1e-6 and not torch.equal(post[1:], pre[1:])
+    assert torch.allclose(post[1:], steer_layer_output(pre[1:], spec.layers[1]), atol=1e-6)
+
+
+def test_row_positions_follow_each_rows_own_tokens():
+    """The positions the hooks mask by: ``position_ids`` when the forward has them, else the attention mask's running
+    count over the new columns (left padding and cached columns included), else the cache length plus the column."""
+    from transformers import DynamicCache
+
+    from engine.hf_backend import row_positions
+
+    ids = torch.zeros(2, 3, dtype=torch.long)
+    given = torch.tensor([[0, 0, 1], [4, 5, 6]])
+    assert torch.equal(row_positions((), {"input_ids": ids, "position_ids": given}), given)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # row 0 left-padded by 2; 2 cached columns, 3 new
+    assert row_positions((ids,), {"attention_mask": mask}).tolist() == [[0, 1, 2], [2, 3, 4]]
+    assert row_positions((ids,), {}).tolist() == [[0, 1, 2], [0, 1, 2]]
+    cache = DynamicCache()
+    cache.update(torch.zeros(2, 1, 4, 2), torch.zeros(2, 1, 4, 2), 0)  # 4 cached positions
+    assert row_positions((), {"input_ids": ids, "past_key_values": cache}).tolist() == [[4, 5, 6], [4, 5, 6]]

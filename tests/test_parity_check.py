@@ -62,8 +62,8 @@ def _ablation_does_nothing(monkeypatch) -> None:
     """A broken ablation: its rows always carry scale 1, so the op leaves the stream as it is (in both backends)."""
     layer_rows = engine.hf_backend.layer_rows
 
-    def broken(layer, hidden_size):
-        rows = layer_rows(layer, hidden_size)
+    def broken(layer, hidden_size, skip_first_tokens=0):
+        rows = layer_rows(layer, hidden_size, skip_first_tokens)
         rows["abl_scale"] = torch.tensor(1.0)
         return rows
 
@@ -100,11 +100,23 @@ def test_a_candidate_that_differs_fails_the_check(pair):
 
 @pytest.mark.slow
 def test_command_on_the_random_qwen3_tiny_with_the_hf_backend(tmp_path, capsys):
-    code = parity.main(["--arch", "qwen3-tiny", "--work-dir", str(tmp_path), "--tokens", "8", "--backend", "hf"])
+    argv = ["--arch", "qwen3-tiny", "--work-dir", str(tmp_path), "--tokens", "8", "--backend", "hf", "--skip-first-tokens", "1"]
+    code = parity.main(argv)
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])
     assert code == 0, out
     assert report["ok"] is True and report["failures"] == [] and report["backend"] == "hf"
+    assert report["skip_first_tokens"] == 1
     assert report["strengths"]["cap"]["layer"] == 1 and report["strengths"]["ablation"]["layer"] == 2
     for name in SPEC_NAMES:
         assert all(count > 0 for count in report[name]["changed_tokens"]["candidate"]), (name, report[name])
+
+
+def test_skip_first_tokens_reaches_every_spec_and_the_check_passes(pair):
+    ref, cand = pair
+    specs, _ = measured_specs(ref, PROMPTS, skip_first_tokens=1)
+    assert {name: spec.skip_first_tokens for name, spec in specs.items()} == dict.fromkeys(SPEC_NAMES, 1)
+    plain, _ = measured_specs(ref, PROMPTS)
+    assert all(specs[n].fingerprint() != plain[n].fingerprint() for n in SPEC_NAMES)
+    report = run_parity(ref, cand, specs, PROMPTS, TOKENS)
+    assert report["failures"] == [] and report["ok"] is True

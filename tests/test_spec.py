@@ -74,7 +74,7 @@ def test_header_contents():
     data = full_spec().to_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["sidesteer"])
-    assert header["format"] == "sidesteer.steering_spec" and header["version"] == 1
+    assert header["format"] == "sidesteer.steering_spec" and header["version"] == 2 and header["skip_first_tokens"] == 0
     assert header["hidden_size"] == H and header["model_id"] == "tiny"
     assert "hidden_states[L+1]" in header["layer_convention"]
     assert header["op_order"] == ["add", "projection_cap", "ablation"]

@@ -115,3 +115,48 @@ def test_steered_stream_stays_finite_and_bounded():
     assert stream_bound(torch.float16) == STREAM_BOUND_FP16 and stream_bound(torch.bfloat16) == STREAM_BOUND
     fp16 = steer_rows(x, torch.tensor([0, 1, 2, 0]), tables, bound=stream_bound(torch.float16))
     assert torch.isfinite(fp16.to(torch.float16)).all()
+
+
+def test_positions_below_a_slots_skip_are_left_unsteered():
+    """skip_first_tokens: a token whose position is below its slot's skip comes out unchanged bit for bit; every
+    other token of the slot is steered as without the mask, at every op."""
+    from engine.steering_ops import unsteered_positions
+
+    g = torch.Generator().manual_seed(3)
+    v, c, a = (torch.randn(H, generator=g) for _ in range(3))
+    layer = LayerSteeringSpec(v, 2.0, ProjectionCapSpec(c, -0.3, 0.2), AblationSpec(a, 0.25))
+    tables = SlotTables.empty(3, H)
+    write_slot(tables, 1, layer_rows(layer, H, skip_first_tokens=2))
+    write_slot(tables, 2, layer_rows(layer, H))  # the same ops, no position skipped
+    assert tables.skip.tolist() == [0.0, 2.0, 0.0, 0.0]
+    x = torch.randn(7, H, generator=g) * 10
+    slots = torch.tensor([1, 1, 1, 2, 2, 0, 1])
+    positions = torch.tensor([0, 1, 2, 0, 1, 0, 7])
+    assert unsteered_positions(positions, slots, tables)[:, 0].tolist() == [True, True, False, False, False, False, False]
+    masked = steer_rows(x, slots, tables, positions=positions)
+    plain = steer_rows(x, slots, tables)
+    assert torch.equal(masked[:2], x[:2])  # positions 0 and 1 of slot 1
+    assert torch.equal(masked[2:], plain[2:])
+    want = steer_layer_output(x[2:5], layer)
+    assert torch.equal(masked[2:5], want) and not torch.equal(masked[2], x[2])
+    assert torch.equal(masked[5], x[5])  # slot 0
+
+
+def test_layer_rows_carry_the_skip_and_check_rows_refuses_bad_ones():
+    import numpy as np
+    import pytest
+
+    from engine.steering_ops import ROW_FIELDS, check_rows
+    from vectors import SteeringError
+
+    rows = layer_rows(LayerSteeringSpec(torch.ones(H)), H, skip_first_tokens=3)
+    assert float(rows["skip"]) == 3.0 and float(layer_rows(None, H, skip_first_tokens=3)["skip"]) == 0.0
+    wire = {name: rows[name].numpy() if rows[name].dim() else float(rows[name]) for name in ROW_FIELDS}
+    check_rows(wire, "w")
+    for bad in (1.5, -1.0, float("nan"), float("inf"), 1048577.0):
+        with pytest.raises(SteeringError) as exc:
+            check_rows({**wire, "skip": bad}, "slot 1 layer 0")
+        assert str(exc.value) == (
+            f"slot 1 layer 0.skip: {bad} is not a whole number in 0..1048576; send the spec's skip_first_tokens"
+        )
+    check_rows({**wire, "skip": 1048576.0, "add": np.zeros(H, np.float32)}, "w")

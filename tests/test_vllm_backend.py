@@ -203,7 +203,7 @@ def test_seed_self_test_checks_pass(vllm_default):
     module_spec.loader.exec_module(module)
     results = module.run_checks(vllm_default, layer=10)
     assert [ok for _, ok, _ in results] == [True] * 4, module.report(results)
-    assert "4 passed, 0 failed" in module.report(results)
+    assert "5 passed, 0 failed" in module.report(results)
 
 
 def test_capture_with_a_filler_request_and_incomplete_captures(vllm_default, hf_default, monkeypatch):
@@ -230,3 +230,26 @@ def test_unsteered_greedy_requests_are_plain_vllm_requests(vllm_default):
     with_text = vllm_default.generate_token_ids([[1, 2, 3]], config)[0]
     ids_only = vllm_default.generate_token_ids([[1, 2, 3]], config, decode_text=False)[0]
     assert ids_only.token_ids == with_text.token_ids and ids_only.text == "" and with_text.text
+
+
+def skip_cap(skip: int) -> SteeringSpec:
+    """The cap of issue 18: [-20, 20] on "happy" at layer 8, where position 0 projects at ~220 (the attention sink)."""
+    return SteeringSpec(
+        {8: LayerSteeringSpec(projection_cap=ProjectionCapSpec(vec("happy"), -20.0, 20.0))}, skip_first_tokens=skip
+    )
+
+
+def test_skip_first_tokens_parity_and_mixed_batch_equals_alone(vllm_default, hf_default):
+    spec, every = skip_cap(1), skip_cap(0)
+    want = hf_default.generate(PROMPTS, G32, steering=spec)
+    got = vllm_default.generate(PROMPTS, G32, steering=spec)
+    assert ids(got) == ids(want)
+    assert ids(got) != ids(vllm_default.generate(PROMPTS, G32))  # positions 1+ are still capped
+    assert ids(got) != ids(vllm_default.generate(PROMPTS, G32, steering=every))  # position 0 made the difference
+    prompt = PROMPTS[0]  # the prompt where capping position 0 changes the tokens (measured with transformers)
+    specs = [every, spec, None, spec]
+    mixed = vllm_default.generate([prompt] * 4, G32, steering=specs)
+    alone = [vllm_default.generate([prompt], G32, steering=[s])[0] for s in specs]
+    assert ids(mixed) == ids(alone) == ids(hf_default.generate([prompt] * 4, G32, steering=specs))
+    assert len({tuple(t) for t in ids(mixed)}) == 3  # skip 0, skip 1 and unsteered all differ
+    assert vllm_default.worker_info["positions"] is True

@@ -5,7 +5,9 @@ uint32 ``controlvector.layer_count`` and one float32 tensor ``direction.N`` of `
 ``direction.N`` is added to the output of 0-based block ``N``, exactly sidesteer's layer ``N`` (see
 :mod:`vectors.convention`): layer 4 is ``direction.4``. llama.cpp has no slot for block 0, so layer 0 cannot be
 exported and ``direction.0`` is refused. A control vector only *adds* to the residual stream: projection caps and
-ablations have no place in it, and a direction's scale is baked into the tensor.
+ablations have no place in it, and a direction's scale is baked into the tensor. Nor can it leave positions unsteered:
+llama.cpp adds a control vector at every position, so a spec with ``skip_first_tokens > 0`` is refused on export
+rather than exported with a different meaning.
 
 Import never trusts the file: it is parsed by the bounded reader of :mod:`vectors.gguf_reader` (not by
 ``gguf.GGUFReader``, which loops over whatever counts a header declares), and only canonical ``direction.N`` tensors
@@ -53,14 +55,20 @@ def export_gguf_control_vector_bytes(spec: SteeringSpec, *, model_hint: str | No
         The GGUF file's bytes.
 
     Raises:
-        SteeringError: The spec has projection caps or ablations, an add-vector at layer 0 (llama.cpp has no slot
-            for block 0), or no add-vector at all.
+        SteeringError: The spec has projection caps or ablations, ``skip_first_tokens > 0`` (llama.cpp steers every
+            position), an add-vector at layer 0 (llama.cpp has no slot for block 0), or no add-vector at all.
     """
     import gguf
 
     if not isinstance(spec, SteeringSpec):
         raise SteeringError(f"spec: expected a SteeringSpec, got {type(spec).__name__}")
     spec.validate()  # fields may have changed since the spec was built
+    if spec.skip_first_tokens:
+        raise SteeringError(
+            f"skip_first_tokens: {spec.skip_first_tokens} cannot be exported: llama.cpp control vectors steer every "
+            "position; set skip_first_tokens=0 to export the add vectors (they then steer the first positions too), "
+            "or save a sidesteer spec file instead"
+        )
     directions: dict[int, np.ndarray] = {}
     for index, layer in spec.layers.items():
         if layer.projection_cap is not None or layer.ablation is not None:

@@ -239,6 +239,14 @@ class VectorEntry:
         value = self.extra.get("suggested_scale")
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
+    @property
+    def residual_norm(self) -> float | None:
+        """``extra["residual_norm"]`` when set (> 0): the norm of the mean residual stream at ``suggested_layer``,
+        recorded when the vector was made, which relates a scale to the stream it is added to."""
+        value = self.extra.get("residual_norm")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        return float(value) if ok else None
+
     def to_dict(self) -> dict[str, Any]:
         """Metadata as a plain dict (no tensor), for tables and JSON APIs."""
         return {

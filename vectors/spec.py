@@ -6,6 +6,10 @@ stored as a contiguous float32 CPU tensor, so specs are device-free, hashable by
 Every way of building a spec (the constructors, :meth:`SteeringSpec.scaled`, the spec file, GGUF import) runs the
 same checks, including the magnitude limits of :mod:`vectors.limits`; :meth:`SteeringSpec.validate` re-runs them on
 a spec whose fields were changed after it was built.
+
+:attr:`SteeringSpec.skip_first_tokens` leaves the first positions of every sequence unsteered: position 0 is the
+attention sink, whose residual stream has an outsized projection onto most directions, so a cap or an ablation meant
+for ordinary tokens rewrites it (a cap of [-20, 20] at layer 8 of the default model breaks the output by that alone).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from vectors.limits import (
 
 # Norms below this count as zero: a direction must be normalisable.
 MIN_DIRECTION_NORM = 1e-8
+# Upper bound of SteeringSpec.skip_first_tokens: beyond any context length in use, and small enough that the engines'
+# float32 slot tables hold every allowed value (and compare it with any position) exactly (2**24 is float32's limit).
+MAX_SKIP_FIRST_TOKENS = 1 << 20
 
 
 def _norm(t: torch.Tensor) -> float:
@@ -113,6 +120,30 @@ def as_scalar(value: Any, field_name: str) -> float:
         shown = f"{out}" if isinstance(value, float) else show(value)
         raise SteeringError(f"{field_name}: {shown} is not finite; pass a finite float")
     return out
+
+
+def check_skip_first_tokens(value: Any) -> int:
+    """Validate :attr:`SteeringSpec.skip_first_tokens`: an int (not a bool) in ``0..MAX_SKIP_FIRST_TOKENS``.
+
+    Raises:
+        SteeringError: The message names ``skip_first_tokens``, the value and the fix.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SteeringError(
+            f"skip_first_tokens: expected a whole number of positions, got {show(value)}; pass an int such as 1 (leave "
+            "the first token, the attention sink, unsteered) or 0 (steer every position)"
+        )
+    if value < 0:
+        raise SteeringError(
+            f"skip_first_tokens: {value} is negative; pass 0 (steer every position) or the number of leading positions "
+            "to leave unsteered, such as 1"
+        )
+    if value > MAX_SKIP_FIRST_TOKENS:
+        raise SteeringError(
+            f"skip_first_tokens: {show(value)} is beyond the limit skip_first_tokens <= {MAX_SKIP_FIRST_TOKENS}; pass "
+            "the number of leading prompt positions to leave unsteered, such as 1"
+        )
+    return int(value)
 
 
 def check_limit(value: float, limit: float, field_name: str, quantity: str, why: str, fix: str) -> None:
@@ -313,6 +344,10 @@ class SteeringSpec:
         layers: Layer index (0-based decoder block, output residual stream, below
             :data:`~vectors.limits.MAX_LAYERS`) to the ops at that layer.
         metadata: Model id, hidden size and description. ``hidden_size`` is inferred from the tensors when unset.
+        skip_first_tokens: Positions ``p < skip_first_tokens`` of every sequence (prompt positions ``0..N-1``,
+            counted in the request's own tokens, whatever the padding or batching) get no op of this spec at any
+            layer: no add, no cap, no ablation. 0 (the default) steers every position; 1 leaves the attention sink
+            (position 0) alone. An int in ``0..MAX_SKIP_FIRST_TOKENS``; part of the fingerprint and the spec file.
 
     Raises:
         SteeringError: A bad layer key or value; the message starts with ``layers[L].`` and the field.
@@ -320,6 +355,7 @@ class SteeringSpec:
 
     layers: dict[int, LayerSteeringSpec] = field(default_factory=dict)
     metadata: SpecMetadata = field(default_factory=SpecMetadata)
+    skip_first_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -338,6 +374,7 @@ class SteeringSpec:
         if not isinstance(self.metadata, SpecMetadata):
             raise SteeringError(f"metadata: expected a SpecMetadata, got {type(self.metadata).__name__}")
         self.metadata.validate()
+        self.skip_first_tokens = check_skip_first_tokens(self.skip_first_tokens)
         layers: dict[int, LayerSteeringSpec] = {}
         sizes: set[int] = set()
         for key, layer_spec in self.layers.items():
@@ -379,13 +416,15 @@ class SteeringSpec:
         return self.metadata.model_id
 
     @classmethod
-    def single(cls, layer: int, vector: torch.Tensor, scale: float = 1.0, **metadata: Any) -> SteeringSpec:
-        """A spec that adds ``scale * vector`` at one layer."""
+    def single(
+        cls, layer: int, vector: torch.Tensor, scale: float = 1.0, *, skip_first_tokens: int = 0, **metadata: Any
+    ) -> SteeringSpec:
+        """A spec that adds ``scale * vector`` at one layer (from position ``skip_first_tokens`` on)."""
         try:
             layer_spec = LayerSteeringSpec(vector=vector, scale=scale)
         except SteeringError as exc:
             raise SteeringError(f"layers[{show(layer)}].{exc}") from exc
-        return cls({layer: layer_spec}, SpecMetadata(**metadata))
+        return cls({layer: layer_spec}, SpecMetadata(**metadata), skip_first_tokens)
 
     def clone(self) -> SteeringSpec:
         """A deep copy: mutating the copy (or its tensors) never changes this spec."""
@@ -437,10 +476,12 @@ class SteeringSpec:
             )
 
     def fingerprint(self) -> str:
-        """Stable sha256 of the steering content (tensors and scalars; not the metadata).
+        """Stable sha256 of the steering content (tensors, scalars and ``skip_first_tokens``; not the metadata).
 
-        Identical setups give identical fingerprints; changing any value, scale, bound or layer changes it.
-        Empty layers are ignored, so ``{}`` and ``{3: LayerSteeringSpec()}`` agree.
+        Identical setups give identical fingerprints; changing any value, scale, bound, layer or
+        ``skip_first_tokens`` changes it. Empty layers are ignored, so ``{}`` and ``{3: LayerSteeringSpec()}`` agree.
+        ``skip_first_tokens=0`` adds nothing to the hash, so specs (and spec files) from before the field keep their
+        fingerprints.
         """
         h = hashlib.sha256(b"sidesteer.spec.v1")
 
@@ -466,6 +507,8 @@ class SteeringSpec:
             abl = layer.ablation
             put_tensor(abl.vector if abl else None)
             put_float(abl.scale if abl else None)
+        if self.skip_first_tokens:
+            h.update(b"S" + struct.pack("<q", self.skip_first_tokens))
         return h.hexdigest()
 
     # -- files (format in vectors.spec_file) ------------------------------------------------------------------
@@ -484,7 +527,7 @@ class SteeringSpec:
         """The spec file's bytes (validated first, so every file written can be read back)."""
         self.validate()
         layers = {index: _layer_to_file(layer) for index, layer in self.layers.items()}
-        return spec_file.encode_spec_file(layers, self.metadata.to_dict(), self.fingerprint())
+        return spec_file.encode_spec_file(layers, self.metadata.to_dict(), self.fingerprint(), self.skip_first_tokens)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SteeringSpec:
@@ -497,7 +540,8 @@ class SteeringSpec:
         """
         content = spec_file.decode_spec_file(data)
         metadata = SpecMetadata.from_dict(content.metadata)
-        spec = cls({index: _layer_from_file(index, layer) for index, layer in content.layers.items()}, metadata)
+        layers = {index: _layer_from_file(index, layer) for index, layer in content.layers.items()}
+        spec = cls(layers, metadata, content.skip_first_tokens)
         spec_file.check_fingerprint(content.fingerprint, spec.fingerprint())
         return spec
 

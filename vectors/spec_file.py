@@ -4,13 +4,17 @@ Tensors are float32 1-D vectors with canonical names, one per op that has a vect
 ``layers.{L}.projection_cap.vector`` and ``layers.{L}.ablation.vector``. The safetensors metadata key ``"sidesteer"``
 holds a JSON header::
 
-    {"format": "sidesteer.steering_spec", "version": 1, "model_id": ..., "hidden_size": ...,
-     "layer_convention": ..., "op_order": [...], "description": ...,
+    {"format": "sidesteer.steering_spec", "version": 2, "model_id": ..., "hidden_size": ...,
+     "layer_convention": ..., "op_order": [...], "description": ..., "skip_first_tokens": int,
      "layers": {"L": {"vector": name|null, "scale": float,
                       "projection_cap": {"vector": name, "min": float|null, "max": float|null}|null,
                       "ablation": {"vector": name, "scale": float}|null}},
      "sha256": {tensor name: hex digest of its little-endian float32 bytes},
      "fingerprint": SteeringSpec.fingerprint() of the content}
+
+Versions: 2 (written since ``SteeringSpec.skip_first_tokens``) adds the required key ``skip_first_tokens``; version 1
+files (no such key) are still read, as ``skip_first_tokens = 0``, which is what they meant: every position steered.
+A version this sidesteer does not know is refused (a newer file may hold fields it would silently drop).
 
 Reading is strict, because spec files are shared between strangers (an upload in the app is read by a server many
 people use). Everything is checked before a tensor is built (see :mod:`vectors.safetensors_io`): every key of the
@@ -45,12 +49,14 @@ from vectors.limits import MAX_LAYERS
 from vectors.safetensors_io import Container, atomic_write_bytes, encode, read_container, read_limited, tensor_sha256
 
 SPEC_FORMAT = "sidesteer.steering_spec"
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # the version written
+READ_VERSIONS = (1, 2)  # the versions read; 1 has no skip_first_tokens (read as 0)
 METADATA_KEY = "sidesteer"
 WHAT = "spec file"
 
 REQUIRED_KEYS = frozenset({"format", "version", "layers", "sha256", "fingerprint"})
 OPTIONAL_KEYS = frozenset({"model_id", "hidden_size", "description", "layer_convention", "op_order"})
+KEYS_SINCE = {2: frozenset({"skip_first_tokens"})}  # required from that version on
 LAYER_KEYS = frozenset({"vector", "scale", "projection_cap", "ablation"})
 CAP_KEYS = frozenset({"vector", "min", "max"})
 ABLATION_KEYS = frozenset({"vector", "scale"})
@@ -76,15 +82,19 @@ class SpecFileContent:
     layers: dict[int, dict[str, Any]]
     metadata: dict[str, Any]  # model_id, hidden_size, description, as stored
     fingerprint: str  # as recorded; see check_fingerprint
+    skip_first_tokens: Any = 0  # as stored (version 2), or 0 (version 1); the spec checks the value
 
 
-def encode_spec_file(layers: Mapping[int, Mapping[str, Any]], metadata: Mapping[str, Any], fingerprint: str) -> bytes:
-    """Spec-file bytes from plain, already validated values.
+def encode_spec_file(
+    layers: Mapping[int, Mapping[str, Any]], metadata: Mapping[str, Any], fingerprint: str, skip_first_tokens: int = 0
+) -> bytes:
+    """Spec-file bytes (format version :data:`SPEC_VERSION`) from plain, already validated values.
 
     Args:
         layers: Layer index -> plain layer, in the form of :attr:`SpecFileContent.layers`.
         metadata: ``model_id``, ``hidden_size`` and ``description``.
         fingerprint: ``SteeringSpec.fingerprint()`` of the content.
+        skip_first_tokens: ``SteeringSpec.skip_first_tokens``.
     """
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, Any] = {}
@@ -109,6 +119,7 @@ def encode_spec_file(layers: Mapping[int, Mapping[str, Any]], metadata: Mapping[
         "model_id": metadata["model_id"],
         "hidden_size": metadata["hidden_size"],
         "description": metadata["description"],
+        "skip_first_tokens": skip_first_tokens,
         "layer_convention": LAYER_CONVENTION,
         "op_order": list(OP_ORDER),
         "layers": entries,
@@ -242,12 +253,13 @@ def decode_spec_file(data: bytes) -> SpecFileContent:
             f"format: expected {SPEC_FORMAT!r}, got {show(header.get('format'))}; this is not a sidesteer spec file"
         )
     version = header.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version != SPEC_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READ_VERSIONS:
         raise SteeringError(
-            f"version: spec file version {show(version)} is not supported (this sidesteer reads {SPEC_VERSION}); upgrade "
-            "sidesteer or re-export"
+            f"version: spec file version {show(version)} is not supported (this sidesteer reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}); upgrade sidesteer or re-export"
         )
-    _check_keys(header, REQUIRED_KEYS, OPTIONAL_KEYS, "header")
+    since = frozenset().union(*(keys for v, keys in KEYS_SINCE.items() if version >= v))
+    _check_keys(header, REQUIRED_KEYS | since, OPTIONAL_KEYS, "header")
     if not isinstance(header.get("layer_convention", ""), str):
         raise SteeringError(f"layer_convention: expected a string, got {show(header['layer_convention'])}; the file is corrupt")
     if header.get("op_order", list(OP_ORDER)) != list(OP_ORDER):
@@ -267,6 +279,7 @@ def decode_spec_file(data: bytes) -> SpecFileContent:
             "description": header.get("description"),
         },
         fingerprint=fingerprint,
+        skip_first_tokens=header.get("skip_first_tokens", 0),
     )
 
 

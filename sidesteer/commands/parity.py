@@ -13,11 +13,13 @@ mean-activation direction well below every prompt's mean projection, and the abl
 component along the mean-activation direction at its layer, the direction with the largest mean projection.
 
 The model is a small random-weight checkpoint built from ``--arch`` (fp32), or ``--model`` (a folder or
-``default``).
+``default``). ``--skip-first-tokens N`` gives every spec ``skip_first_tokens=N`` (the first N positions of each
+sequence unsteered), so both backends' position masks are held to the same tokens.
 
 Usage (``sidesteer parity`` or, from a checkout, ``python scripts/parity_check.py``):
     sidesteer parity --arch qwen3-tiny --tokenizer DIR
     sidesteer parity --model default --tokens 16
+    sidesteer parity --model default --skip-first-tokens 1
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def _direction(mean: torch.Tensor) -> torch.Tensor:
     return (mean / mean.norm()).to(torch.float32)
 
 
-def measured_specs(model: SteerableModel, prompts: Sequence[str]) -> tuple[dict[str, SteeringSpec], dict[str, Any]]:
+def measured_specs(
+    model: SteerableModel, prompts: Sequence[str], skip_first_tokens: int = 0
+) -> tuple[dict[str, SteeringSpec], dict[str, Any]]:
     """Specs for the check, their strengths measured from the model's unsteered activations on ``prompts``.
 
     Layers: the adds at 1 and ``n - 1``, the cap at ``n // 3``, the ablation at ``n // 2`` (1, 3, 1 and 2 on a
@@ -58,6 +62,7 @@ def measured_specs(model: SteerableModel, prompts: Sequence[str]) -> tuple[dict[
     Args:
         model: The reference backend (its mean activations set the strengths).
         prompts: The prompts the check generates from.
+        skip_first_tokens: Every spec's ``skip_first_tokens`` (leading positions left unsteered).
 
     Returns:
         The specs by name, and the measured numbers behind them (for the report).
@@ -93,6 +98,7 @@ def measured_specs(model: SteerableModel, prompts: Sequence[str]) -> tuple[dict[
             }
         ),
     }
+    specs = {name: SteeringSpec(spec.layers, spec.metadata, skip_first_tokens) for name, spec in specs.items()}
     strengths = {
         "add": {"layers": [1, n - 1], "scales": [ADD_FACTOR * norm[1], -ADD_FACTOR * norm[n - 1]]},
         "cap": {"layer": cap_layer, "max": cap_max, "prompt_projections": cap_proj},
@@ -206,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="a checkpoint folder or 'default' instead of a random --arch model")
     p.add_argument("--backend", choices=("vllm", "hf"), default="vllm", help="the candidate backend (hf: a second HF model)")
     p.add_argument("--kv-cache-bytes", type=int, default=None, help="vLLM KV cache size (default: a share of memory)")
+    p.add_argument(
+        "--skip-first-tokens", type=int, default=0, help="every spec leaves the first N positions unsteered (default 0)"
+    )
     a = p.parse_args(argv)
     from engine.default_model import resolve_model_path
 
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("worker_info", candidate.worker_info, flush=True)
     try:
-        specs, strengths = measured_specs(hf, PROMPTS)
+        specs, strengths = measured_specs(hf, PROMPTS, a.skip_first_tokens)
         print("strengths", json.dumps(strengths), flush=True)
         report: dict[str, Any] = {
             "model": a.model or a.arch,
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             "runner": getattr(candidate, "worker_info", {}).get("runner"),
             "device": getattr(candidate, "worker_info", {}).get("device"),
             "tensor_parallel_size": a.tensor_parallel_size,
+            "skip_first_tokens": a.skip_first_tokens,
             "strengths": strengths,
         }
         report.update(run_parity(hf, candidate, specs, PROMPTS, a.tokens))

@@ -15,6 +15,7 @@ scripts/generate_behavior_rollouts.py``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ from rollouts import (  # noqa: E402
     partition,
     run_rollouts,
 )
+from rollouts.ray_pool import ReplicaPool  # noqa: E402
+from rollouts.replica import check_replicas  # noqa: E402
 from sidesteer.commands import project_root  # noqa: E402
 from vectors import SteeringError, VectorRegistry  # noqa: E402
 
@@ -77,7 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", type=Path, default=DEFAULT_REGISTRY, help="vector registry with NAME.trained / NAME.activation")
     p.add_argument("--use-vllm", action="store_true", help="vLLM backend (default: transformers)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per engine (default 1)")
-    p.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: engine replicas (vLLM data parallelism)")
+    p.add_argument("--data-parallel-size", type=int, default=1, help="vLLM: must stay 1 in one process; use --replicas")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data parallel: N engine replicas on Ray, each on one GPU (or --tensor-parallel-size GPUs); the work is "
+        "shared out by request and this process alone writes the records (needs pip install 'sidesteer[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --replicas: an existing Ray cluster, e.g. HEAD:6379 (multi-node); default: start a local one",
+    )
     p.add_argument(
         "--distributed-executor-backend",
         choices=["mp", "ray"],
@@ -136,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 def load_model(args: argparse.Namespace):
     """The backend the flags ask for."""
     if args.use_vllm:
+        if args.data_parallel_size != 1:  # vLLM refuses data parallelism inside one process
+            raise SteeringError(f"--data-parallel-size: {args.data_parallel_size} is not supported in one process; use "
+                                f"--replicas {args.data_parallel_size} (engine replicas on Ray) instead")  # fmt: skip
         import torch
 
         from engine import VLLMSteeringConfig, VLLMSteerModel
@@ -186,6 +206,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, model) -> int:
             seed=args.seed, trained_scales=args.trained_scales, activation_scales=args.activation_scales,
             target_layer=args.target_layer, normalize=args.normalize_steering, batch_size=args.batch_size,
         )  # fmt: skip
+        if args.replicas is not None:  # before anything slow: a bad count or a missing Ray fails at once
+            check_replicas(args.replicas)
+        elif args.ray_address is not None:
+            raise SteeringError(f"--ray-address: {args.ray_address!r} needs --replicas N (engine replicas on that cluster)")
         names = args.datasets if args.datasets is not None else list_datasets(args.dataset_root)
         if not names:
             raise SteeringError(f"datasets: none given and none found in {str(args.dataset_root)!r}; pass --datasets NAME")
@@ -203,12 +227,20 @@ def _run(args: argparse.Namespace, argv: list[str] | None, model) -> int:
         for dataset in datasets:  # fail on missing vectors before spending minutes on loading the model
             load_vectors(registry, dataset.name, settings.kinds())
         log.info("datasets %s (offset %d of stride %d)", [d.name for d in datasets], args.dataset_offset, args.dataset_stride)
-        model = model if model is not None else load_model(args)
         run_info = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         run_info["argv"] = list(sys.argv if argv is None else argv)
-        summary = run_rollouts(
-            model, datasets, registry, settings, args.output_root, run_info=run_info, progress=not args.no_progress
-        )
+        if args.replicas is not None:
+            # Each replica builds its engine in its own actor with the same flags (a partial of a module function
+            # pickles by reference: the nodes import this module).
+            factory = functools.partial(load_model, argparse.Namespace(**vars(args)))
+            with ReplicaPool(factory, args.replicas, address=args.ray_address, gpus=args.tensor_parallel_size) as pool:
+                summary = run_rollouts(pool.model, datasets, registry, settings, args.output_root, run_info=run_info,
+                                       progress=not args.no_progress, runner=pool)  # fmt: skip
+        else:
+            model = model if model is not None else load_model(args)
+            summary = run_rollouts(
+                model, datasets, registry, settings, args.output_root, run_info=run_info, progress=not args.no_progress
+            )
     except SteeringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The seed's vLLM steering self-test: four checks on a live vLLM engine, printed as a pass/fail report.
+"""The vLLM steering self-test: the seed's four checks and a mixed-batch check on a live engine, as a pass/fail report.
 
 Usage (``sidesteer selftest`` or, from a checkout, ``python scripts/test_vllm_steering.py``)::
 
@@ -7,7 +7,8 @@ Usage (``sidesteer selftest`` or, from a checkout, ``python scripts/test_vllm_st
 
 Checks: (1) the model loads and generates; (2) a vector is set, verified inside the workers (the slot rows the
 hooks read) and cleared; (3) switching the steered layer moves the vector to the new layer; (4) steering changes
-generation and clearing restores the baseline tokens exactly.
+generation and clearing restores the baseline tokens exactly; (5) in one batch of unsteered and differently steered
+requests (add, cap, ablation), every request gets the tokens it gets alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from engine import GenerationConfig, SteerableModel
+from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringSpec
 
 PROMPT = [{"role": "user", "content": "Tell me about your day."}]
 
@@ -84,8 +86,31 @@ def _check_changes_generation(model: SteerableModel, layer: int) -> str:
     return f"baseline {base.text[:40]!r} vs steered {steered.text[:40]!r}; cleared = baseline"
 
 
+def _check_mixed_batch(model: SteerableModel, layer: int) -> str:
+    cfg = GenerationConfig(max_new_tokens=16)
+    gen = torch.Generator().manual_seed(3)
+    strength = 8.0 * max(1.0, model.hidden_size**0.5 / 24)
+    add, direction = (torch.randn(model.hidden_size, generator=gen) for _ in range(2))
+    specs = [
+        None,
+        SteeringSpec.single(layer, add / add.norm() * strength),
+        SteeringSpec(layers={layer: LayerSteeringSpec(projection_cap=ProjectionCapSpec(direction, min=-1.0, max=1.0))}),
+        SteeringSpec(layers={layer: LayerSteeringSpec(ablation=AblationSpec(direction, scale=-1.0))}),
+    ]
+    prompts = [PROMPT] * len(specs)
+    batch = model.generate(prompts, cfg, steering=specs)
+    alone = [model.generate(PROMPT, cfg, steering=[spec])[0] for spec in specs]
+    names = ["unsteered", "add", "cap", "ablation"]
+    differ = [name for name, b, a in zip(names, batch, alone, strict=True) if b.token_ids != a.token_ids]
+    if differ:
+        raise AssertionError(f"in a mixed batch, {', '.join(differ)} differ from the same request alone")
+    if batch[1].token_ids == batch[0].token_ids:
+        raise AssertionError("the add request's tokens equal the unsteered request's")
+    return f"unsteered, add, cap and ablation in one batch = each alone ({cfg.max_new_tokens} tokens)"
+
+
 def run_checks(model: SteerableModel, layer: int | None = None) -> list[tuple[str, bool, str]]:
-    """Run the four checks on a live model; returns ``(name, passed, detail)`` rows. Restores a clear state."""
+    """Run the five checks on a live model; returns ``(name, passed, detail)`` rows. Restores a clear state."""
     layer = model.num_layers // 3 if layer is None else layer
     other = min(model.num_layers - 1, layer + 2)
     checks: list[tuple[str, Callable[[], str]]] = [
@@ -93,6 +118,7 @@ def run_checks(model: SteerableModel, layer: int | None = None) -> list[tuple[st
         ("set, verify and clear a vector", lambda: _check_set_verify_clear(model, layer)),
         ("switch layers", lambda: _check_switch_layers(model, layer, other)),
         ("steering changes generation", lambda: _check_changes_generation(model, layer)),
+        ("mixed batch = alone", lambda: _check_mixed_batch(model, layer)),
     ]
     results = []
     for name, fn in checks:

