@@ -256,8 +256,8 @@ def attach_projection_view(
             )
             include_prompt = gr.Checkbox(value=False, label="Include prompt tokens", elem_id="projection-include-prompt")
             button = gr.Button("Trace projection", elem_id="projection-trace")
-        plot = gr.HTML(elem_id="projection-plot")
-        data = gr.JSON(visible=False, elem_id="projection-data")
+        plot = gr.HTML(label="Projection plot", elem_id="projection-plot")
+        data = gr.JSON(label="Projection trace", visible=False, elem_id="projection-data")
     event = on_page_and_api(
         [button.click],
         trace_handler(cb),
