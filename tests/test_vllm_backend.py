@@ -202,7 +202,7 @@ def test_seed_self_test_checks_pass(vllm_default):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     results = module.run_checks(vllm_default, layer=10)
-    assert [ok for _, ok, _ in results] == [True] * 4, module.report(results)
+    assert [ok for _, ok, _ in results] == [True] * 5, module.report(results)
     assert "5 passed, 0 failed" in module.report(results)
 
 
