@@ -3,7 +3,7 @@
 A block may carry one HTML comment on the line right before it:
 
 - ``<!-- no-test: REASON -->``: never run (it serves forever, changes the environment, downloads a model...);
-- ``<!-- gpu-only -->``: run only where a CUDA GPU is present;
+- ``<!-- gpu-only -->``: run only where a CUDA GPU is present (``<!-- gpu-only: N GPUs -->``: where N are);
 - ``<!-- slow -->``: run under the ``slow`` marker;
 - ``<!-- needs-app: ... -->``: a client of a running ``python app.py`` (its URL replaces ``http://127.0.0.1:7860/``).
 
@@ -153,7 +153,9 @@ def marks(block: Block) -> list[pytest.MarkDecorator]:
     if block.kind == "gpu-only":
         import torch
 
-        return [pytest.mark.skipif(not torch.cuda.is_available(), reason="gpu-only block; no CUDA GPU here")]
+        need = int(m.group(1)) if (m := re.fullmatch(r"(\d+) GPUs", block.note)) else 1
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [pytest.mark.skipif(have < need, reason=f"gpu-only block for {need} CUDA GPU(s); {have} here")]
     return [pytest.mark.slow] if block.kind in ("slow", "needs-app") or "HFSteerModel(" in block.code else []
 
 
@@ -165,6 +167,10 @@ def test_every_block_runs_or_says_why():
         assert block.kind in (None, *KINDS), f"line {block.line}: unknown marker <!-- {block.kind} -->; use one of {KINDS}"
         if block.kind == "no-test":
             assert len(block.note.split()) >= 3, f"line {block.line}: <!-- no-test: ... --> needs a reason"
+        if block.kind == "gpu-only":
+            assert re.fullmatch(r"(\d+ GPUs)?", block.note), (
+                f"line {block.line}: write <!-- gpu-only --> or <!-- gpu-only: 2 GPUs -->"
+            )
     run_here = [b for b in BLOCKS if b.kind not in ("no-test", "gpu-only")]
     assert {b.language for b in run_here} == {"bash", "python"}  # at least one of each actually runs on CPU
 
