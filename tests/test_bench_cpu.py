@@ -20,16 +20,16 @@ RAW = {
     "rounds": 2,
     "tokens": 64,
     "cpus": 2,
-    "starts": {"hf-fp32-t1": {"start_s": 3.25, "load": 0.5}, "llamacpp-t2": {"start_s": 0.5, "load": 0.5}},
+    "starts": {"hf-fp32-t1": {"start_s": 3.25, "load": 0.5}, "llamacpp-ref-t2": {"start_s": 0.5, "load": 0.5}},
     "calls": [
         call(0, "hf-fp32-t1", "none", 10.0, [0.5, 0.4]),
         call(0, "hf-fp32-t1", "add_cap", 10.5, [0.5, 0.6], load=2.0),
         call(1, "hf-fp32-t1", "add_cap", 9.0, [0.3, 0.4]),
         call(1, "hf-fp32-t1", "none", 10.0, [0.3, 0.3]),
-        call(0, "llamacpp-t2", "none", 2.0, [0.2, 1.2]),
-        call(0, "llamacpp-t2", "add_cap", 2.5, [0.2, 1.3]),
-        call(1, "llamacpp-t2", "add_cap", 2.3, [0.2, 1.1]),
-        call(1, "llamacpp-t2", "none", 2.1, [0.2, 1.2]),
+        call(0, "llamacpp-ref-t2", "none", 2.0, [0.2, 1.2]),
+        call(0, "llamacpp-ref-t2", "add", 2.5, [0.2, 1.3]),
+        call(1, "llamacpp-ref-t2", "add", 2.3, [0.2, 1.1]),
+        call(1, "llamacpp-ref-t2", "none", 2.1, [0.2, 1.2]),
     ],
 }
 
@@ -42,11 +42,12 @@ def test_table_gives_medians_steering_cost_and_ratio_to_llama_cpp() -> None:
     )
     # hf: steered median (10.5, 9.0) = 9.75; ratios 1.05, 0.9 -> median 0.975 = -2.5%; 9.75 / 2.4 = 4.06x
     assert lines[-2] == (
-        "| transformers fp32, 1 thread (`--backend auto` on 2 cores) | 3.2 | 9.75 (9.00-10.50) | 10.00 | 0.500 | -2.5% "
-        "| 4.06x | 1.0 |"
+        "| transformers fp32, 1 thread (`--backend hf`, or auto without llama.cpp) | 3.2 | 9.75 (9.00-10.50) | 10.00 | 0.500 | "
+        "-2.5% (add+cap) | 4.06x | 1.0 |"
     )
+    # llama.cpp: steered with an add (it cannot cap); ratios 1.25, 2.3 / 2.1 -> median 1.1726 = +17.3%
     assert lines[-1] == (
-        "| llama.cpp Q4_1 GGUF, 2 threads (reference) | 0.5 | 2.40 (2.30-2.50) | 2.05 | 1.200 | n/a (sequential) | 1.00x | 1.0 |"
+        "| llama.cpp Q4_1 GGUF, 2 threads (reference) | 0.5 | 2.40 (2.30-2.50) | 2.05 | 1.200 | +17.3% (add) | 1.00x | 1.0 |"
     )
 
 
@@ -59,6 +60,20 @@ def test_unknown_candidate_is_named(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny"))
+
+
+def test_candidates_steer_with_what_their_backend_can_steer() -> None:
+    assert cpu_pair.steers(cpu_pair.CANDIDATES["hf-fp32-t1"]) == ("none", "add_cap")
+    assert {cpu_pair.steers(c) for n, c in cpu_pair.CANDIDATES.items() if n.startswith("llamacpp")} == {("none", "add")}
+    assert set(cpu_pair.DEFAULT) <= set(cpu_pair.CANDIDATES)
+
+
+def test_missing_packages_skip_their_candidates_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = cpu_pair.importlib.util.find_spec
+    monkeypatch.setattr(cpu_pair.importlib.util, "find_spec", lambda name: None if name == "llama_cpp" else real(name))
+    assert cpu_pair.unavailable("llamacpp-ref-t1") == "llama_cpp is not installed"
+    assert cpu_pair.unavailable("llamacpp-2x1") == "llama_cpp is not installed"
+    assert cpu_pair.unavailable("hf-fp32-t1") is None
 
 
 def test_worker_streams_both_panes_of_the_pair(tiny_model: Path) -> None:
@@ -74,3 +89,17 @@ def test_benchmark_runs_a_candidate_in_its_own_process(tiny_model: Path) -> None
     assert [(c["candidate"], c["round"], c["tokens"]) for c in raw["calls"]] == [("hf-fp32-t1", 0, [2, 2])] * 2
     assert sorted(c["steer"] for c in raw["calls"]) == ["add_cap", "none"]
     assert list(raw["starts"]) == ["hf-fp32-t1"] and raw["starts"]["hf-fp32-t1"]["start_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(cpu_pair.unavailable("llamacpp-ref-t1") is not None, reason="llama-cpp-python is not installed")
+def test_llamacpp_reference_and_backend_time_the_same_greedy_pair() -> None:
+    from bench.cpu_worker import LlamaCppPair
+
+    reference = LlamaCppPair({"backend": "llamacpp-ref", "model": "default", "threads": 1})
+    backend = SidesteerPair({"backend": "llamacpp", "model": "default", "dtype": "q4_1", "threads": 1, "parallel": 2})
+    for runner in (reference, backend):
+        for steer in ("none", "add"):
+            result = runner.pair(steer, 3)
+            assert result["tokens"] == [3, 3]
+            assert 0 < min(result["ttft_s"]) <= max(result["ttft_s"]) <= result["pair_s"]
