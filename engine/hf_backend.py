@@ -15,6 +15,7 @@ import torch
 
 from engine.generation import Generation, GenerationConfig, IncrementalDecoder, StreamEvent, spec_keys
 from engine.layers import find_decoder_layers
+from engine.sampling import pick_tokens
 from engine.stateful import SteerableModel
 from engine.steering_ops import SlotTables, layer_rows, steer_rows, stream_bound, write_slot
 from vectors import SteeringError, SteeringSpec
@@ -213,19 +214,6 @@ class HFSteerModel(SteerableModel):
             mask[row, width - len(p) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _pick(self, logits: torch.Tensor, config: GenerationConfig, generators: list[torch.Generator | None]) -> torch.Tensor:
-        logits = logits.float()
-        if config.temperature == 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(logits / config.temperature, dim=-1)
-        if config.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # always keeps the top token
-            sorted_p = sorted_p * keep
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        out = [torch.multinomial(probs[row].cpu(), 1, generator=g).item() for row, g in enumerate(generators)]
-        return torch.tensor(out, device=logits.device)
-
     def _steps(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
     ) -> Iterator[tuple[list[int | None], list[str | None]]]:
@@ -260,7 +248,7 @@ class HFSteerModel(SteerableModel):
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                tokens = self._pick(out.logits[:, -1, :], config, generators)
+                tokens = pick_tokens(out.logits[:, -1, :], config, generators)
             for _ in range(config.max_new_tokens):
                 step: list[int | None] = []
                 for row in range(b):
@@ -287,7 +275,7 @@ class HFSteerModel(SteerableModel):
                         past_key_values=cache,
                         use_cache=True,
                     )
-                    tokens = self._pick(out.logits[:, -1, :], config, generators)
+                    tokens = pick_tokens(out.logits[:, -1, :], config, generators)
 
     def _generate(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None], decode_text: bool = True

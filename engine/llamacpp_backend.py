@@ -40,6 +40,7 @@ import torch
 
 from engine.generation import Generation, GenerationConfig, IncrementalDecoder, StreamEvent, spec_keys
 from engine.hf_backend import HFSteerModel
+from engine.sampling import pick_tokens
 from engine.stateful import SteerableModel
 from engine.steering_ops import layer_rows
 from vectors import LayerSteeringSpec, SteeringError, SteeringSpec
@@ -151,8 +152,7 @@ def _sampler_of(config: GenerationConfig, row: int) -> torch.Generator:
 
 def _pick(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator) -> int:
     """One token from ``[vocab]`` logits with the reference's sampling code (greedy, temperature, top-p)."""
-    # HFSteerModel._pick reads no instance state: calling it keeps one implementation of sampling.
-    return int(HFSteerModel._pick(None, logits[None], config, [generator])[0])  # type: ignore[arg-type]
+    return int(pick_tokens(logits[None], config, [generator])[0])
 
 
 class _Library:
