@@ -7,6 +7,7 @@ Usage:
     python -m bench rollouts [--backend vllm|hf]   # rollouts: one batch vs one call per variant (bench.rollout_batching)
     python -m bench rollouts-ray [--backend ...]   # rollouts: plain engine vs Ray replicas (bench.ray_overhead)
     python -m bench cpu [--rounds N] [--vllm]      # CPU compare pair: every candidate interleaved (bench.cpu_pair)
+    python -m bench ui [--rounds N] [--write-docs] # the app's Compare: engine vs API vs browser (bench.ui_stream)
     bench/gpu_bench.sh install|0.6b|...|parity DIR  # the GPU machine's runs (wraps python -m bench)
 """
 
@@ -33,6 +34,10 @@ def main(argv: list[str]) -> int:
         from bench import cpu_pair
 
         return cpu_pair.main(argv[1:])
+    if argv[:1] == ["ui"]:
+        from bench import ui_stream
+
+        return ui_stream.main(argv[1:])
     from bench import run
 
     run.main(argv)
