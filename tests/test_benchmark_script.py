@@ -185,7 +185,8 @@ def test_benchmark_runs_every_part_and_writes_what_the_tables_need(engines, work
         else:  # sidesteer's own per-step work, a part of the worker's, once per step
             assert 0 < x["steer_update_ms"] < x["in_worker_ms"], name
             assert all(s["steer_update_calls"] == s["steps"] for s in x["samples"]), name
-        assert x["call_ms"] >= x["in_worker_ms"] + x["outside_ms"] - 1e-6, name
+        # per call (the summary's fields are medians taken one by one, and a sum of medians can exceed them)
+        assert all(s["call_ms"] >= s["in_worker_ms"] + s["outside_ms"] - 1e-6 for s in x["samples"]), name
         assert x["scheduled_tokens"] == 6 * (8 + 4 - 1) and 1 <= x["max_batch_reqs"] <= 6, name  # no token redone
     lat = saved["latency"]
     assert lat.keys() == {"unsteered_pair", "compare_pair", "idle_pair"}
