@@ -4,7 +4,8 @@ The user's turns go to both panes; the baseline continues from its own unsteered
 its steered ones, so the conversations drift apart as they would for two users. A conversation is a list of
 ``{"role", "content"}`` messages (no system message: the system prompt box is put in front of every turn, so
 changing it applies from the next turn). A turn is kept only when both replies finished: a stopped or restarted
-turn is dropped, and "New chat" starts over.
+turn is dropped, "Regenerate" runs the last turn's user message again in place of that turn, and "New chat" starts
+over.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from app.sides import SIDES
 from engine.generation import ChatMessage
 from vectors import SteeringError
 
-__all__ = ["ChatHistory", "add_turn", "chat_views", "new_chat", "turn_prompts"]
+__all__ = ["NO_TURN_YET", "ChatHistory", "add_turn", "chat_views", "drop_last_turn", "new_chat", "turn_prompts"]
 
 ChatHistory = dict[str, list[ChatMessage]]  # side key -> that side's conversation so far
+NO_TURN_YET = "Regenerate: no turn yet; send a message first"
 
 
 def new_chat() -> ChatHistory:
@@ -47,6 +49,22 @@ def add_turn(history: Mapping[str, Any] | None, prompt: str, replies: Sequence[s
     for side, reply in zip(SIDES, replies, strict=True):
         turns[side.key] += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
     return turns
+
+
+def drop_last_turn(history: Mapping[str, Any] | None) -> tuple[ChatHistory, str]:
+    """The history without its last turn (both sides), and that turn's user message (the same on both sides).
+
+    Raises:
+        SteeringError: No turn yet (:data:`NO_TURN_YET`), or the sides' histories do not end in the same turn.
+    """
+    turns = _history(history)
+    last = [turns[side.key][-2:] for side in SIDES]
+    if not all(len(pair) == 2 for pair in last):
+        raise SteeringError(NO_TURN_YET)
+    messages = {pair[0].get("content") if pair[0].get("role") == "user" else None for pair in last}
+    if len(messages) != 1 or None in messages or any(pair[1].get("role") != "assistant" for pair in last):
+        raise SteeringError("history: the sides do not end in the same user turn; press New chat")
+    return {side.key: turns[side.key][:-2] for side in SIDES}, str(messages.pop())
 
 
 def chat_views(history: Mapping[str, Any] | None) -> tuple[list[ChatMessage], ...]:

@@ -16,8 +16,10 @@ from typing import Any
 
 import gradio as gr
 
-from app.callbacks import Callbacks, build_prompt
+from app.callbacks import Callbacks
+from app.context import build_prompt
 from app.events import on_page_and_api
+from app.steering_controls import SteeringControls
 from engine.projection_trace import ProjectionTrace
 from vectors import SteeringError
 
@@ -35,6 +37,23 @@ HELP = (
     "The trace uses the current steering controls: change them after generating and it traces the new setup."
 )
 EMPTY_OUTPUT = "steered output: it is empty; click Generate first, then trace the steered completion"
+
+
+def trace_layer_index(value: Any) -> int | None:
+    """The layer to trace from the box (text on the page, a number from the API); None when empty.
+
+    Raises:
+        SteeringError: Not a whole number.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise SteeringError(f"trace layer: {value!r} is not a number; type a 0-based decoder layer or leave it empty") from exc
+    if not number.is_integer():
+        raise SteeringError(f"trace layer: {value} is not a whole number; use a 0-based decoder layer")
+    return int(number)
 
 
 def _fmt(value: float) -> str:
@@ -158,7 +177,7 @@ def trace_handler(cb: Callbacks) -> Callable[..., tuple[str, dict[str, Any]]]:
         system_prompt: str,
         raw_completion: bool,
         steered_text: str,
-        trace_layer: float | None,
+        trace_layer: str | None,
         include_prompt: bool,
         vector: str | None,
         layer: float,
@@ -175,7 +194,7 @@ def trace_handler(cb: Callbacks) -> Callable[..., tuple[str, dict[str, Any]]]:
         vector_4: str | None = None,
         layer_4: float = 0,
         scale_4: float = 1.0,
-        skip_first_tokens: float | None = None,
+        skip_first_tokens: float | None = 0,
     ) -> tuple[str, dict[str, Any]]:
         """Trace where steering acted on the steered completion.
 
@@ -184,27 +203,22 @@ def trace_handler(cb: Callbacks) -> Callable[..., tuple[str, dict[str, Any]]]:
             system_prompt: Optional system message (chat mode only).
             raw_completion: The prompt was completed raw (no chat template).
             steered_text: The steered completion to trace (re-tokenised).
-            trace_layer: Layer to trace; empty = the spec's first steered layer.
+            trace_layer: Layer to trace (0-based decoder layer); empty = the spec's first steered layer.
             include_prompt: Plot the prompt's tokens too.
-            vector: The steering controls from here on, as for /compare.
+            vector: The steering controls from here on, as for /compare (the same spec as the compare call that
+                made the steered completion when they are the same values).
+            skip_first_tokens: Leading positions left unsteered, as for /compare: 0 = every position (the default);
+                empty = what the page picks (1 with a cap or ablation, else 0).
 
         Returns:
             The plot (HTML) and the trace's values (layer, op, tokens, pre, post, clamped, ...).
         """
         if not steered_text:
             raise SteeringError(EMPTY_OUTPUT)
+        controls = SteeringControls.from_args(locals())
         request = build_prompt(prompt, system_prompt, raw_completion)
-        extra = (vector_2, layer_2, scale_2, vector_3, layer_3, scale_3, vector_4, layer_4, scale_4)
-        spec = cb.current_spec(
-            vector, layer, scale, steering_mode, editor, session, extra=extra, skip_first_tokens=skip_first_tokens
-        )
-        if trace_layer is None or trace_layer == "":
-            chosen = None
-        elif float(trace_layer) != int(float(trace_layer)):
-            raise SteeringError(f"trace layer: {trace_layer} is not a whole number; use a 0-based decoder layer")
-        else:
-            chosen = int(float(trace_layer))
-        trace = cb.engine.trace_projection(request, steered_text, spec, layer=chosen)
+        spec = cb.spec(controls)
+        trace = cb.engine.trace_projection(request, steered_text, spec, layer=trace_layer_index(trace_layer))
         return projection_html(trace, bool(include_prompt)), trace.to_dict()
 
     return trace_projection
@@ -247,12 +261,10 @@ def attach_projection_view(
     with gr.Accordion("Where did steering act?", open=False, elem_id="projection-accordion") as accordion:
         gr.Markdown(HELP)
         with gr.Row():
-            trace_layer = gr.Number(
-                value=None,
-                precision=0,
-                minimum=0,
-                label="Layer to trace (empty = first steered layer)",
-                elem_id="projection-layer",
+            # a text box: an empty gr.Number is sent as 0 by the page, which would trace layer 0 instead of the first
+            # steered layer
+            trace_layer = gr.Textbox(
+                value="", label="Layer to trace (empty = first steered layer)", max_lines=1, elem_id="projection-layer"
             )
             include_prompt = gr.Checkbox(value=False, label="Include prompt tokens", elem_id="projection-include-prompt")
             button = gr.Button("Trace projection", elem_id="projection-trace")

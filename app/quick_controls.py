@@ -140,22 +140,32 @@ def _wire(cb: Callbacks, controls: QuickControls, top: int, session_vectors: gr.
 
     boxes = [row.box for row in controls.rows]
     vectors = [row.vector for row in controls.rows]
+    followers = [c for row in controls.rows for c in (row.layer, row.scale, row.note)]
 
-    def add(shown: list[bool], session: dict[str, Any], *current: str | None) -> tuple[Any, ...]:
-        shown = list(shown)
+    def add(shown: list[bool], session: dict[str, Any], *current: Any) -> tuple[Any, ...]:
+        shown, names_now, values_now = list(shown), current[: len(shown)], current[len(shown) :]
+        unchanged = [gr.skip()] * (3 * len(shown))
         if all(shown):
-            return shown, *[gr.skip()] * (2 * len(shown)), gr.Button(visible=False)
+            return shown, *[gr.skip()] * (2 * len(shown)), *unchanged, gr.Button(visible=False)
         number = shown.index(False)
         shown[number] = True
-        # the new row starts with a vector no other row uses (its layer and scale follow it)
+        # the new row starts with a vector no other row uses, and shows that vector's layer, scale and note at
+        # once: a hidden row's own values (layer 10, scale 1) never appear next to another vector's name
         names = cb.vector_names(session)
-        unused = next((n for n in names if n not in current), names[0] if names else None)
+        unused = next((n for n in names if n not in names_now), names[0] if names else None)
+        layer, scale = values_now[2 * number : 2 * number + 2]
+        defaults = row_defaults(unused, layer, scale, session)
         groups = [gr.Group(visible=True) if i == number else gr.skip() for i in range(len(shown))]
         values = [unused if i == number else gr.skip() for i in range(len(shown))]
-        return shown, *groups, *values, gr.Button(visible=not all(shown))
+        follow = unchanged[: 3 * number] + list(defaults) + unchanged[3 * number + 3 :]
+        return shown, *groups, *values, *follow, gr.Button(visible=not all(shown))
 
+    layers_and_scales = [c for row in controls.rows for c in (row.layer, row.scale)]
     controls.add.click(
-        user_errors(add), [controls.shown, session_vectors, *vectors], [controls.shown, *boxes, *vectors, controls.add], **hidden
+        user_errors(add),
+        [controls.shown, session_vectors, *vectors, *layers_and_scales],
+        [controls.shown, *boxes, *vectors, *followers, controls.add],
+        **hidden,
     )
     for row in controls.rows[1:]:
 

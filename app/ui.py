@@ -1,7 +1,8 @@
 """Layout and wiring of the web app: :func:`build_demo` turns an engine and a registry into a ``gr.Blocks``.
 
 Every user action is an event with a stable ``api_name`` (the same names in the browser and for ``gradio_client``);
-every component a test touches has an ``elem_id``. Handlers live in :mod:`app.callbacks`; each one is wrapped by
+every component a test touches has an ``elem_id``. Handlers live in :mod:`app.callbacks` (one module per concern,
+joined in :class:`~app.callbacks.Callbacks`); each one is wrapped by
 :func:`app.errors.user_errors` here, the one place steering errors become ``gr.Error``. Actions whose mistakes are
 common (a bad vector name, a bad upload) are wired by :func:`app.events.on_page_and_api`: on the page a mistake is a
 warning toast that leaves no red "Error" badge on the controls; the API endpoint of the same name still raises.
@@ -55,6 +56,7 @@ SKIP_INFO = (
     "wreck), 0 for add-only; set for you when the steering changes"
 )
 CHAT_INFO = "Each pane continues its own conversation: the steered side from its steered replies, the baseline from its own"
+REGENERATE_LABEL = "Regenerate"
 # Toasts at the bottom right, narrow: at the top right they covered the steered pane's label and copy button.
 CSS = ".toast-wrap { top: auto !important; bottom: 16px !important; max-width: 420px; }"
 # Gradio 6 takes css= only in launch(), which app.server owns: add the rule from the page instead.
@@ -165,6 +167,7 @@ def build_demo(
                         chat_mode = gr.Checkbox(
                             label="Multi-turn chat", value=False, info=CHAT_INFO, elem_id="chat-mode", scale=3
                         )
+                        regenerate_button = gr.Button(REGENERATE_LABEL, size="sm", elem_id="regenerate", scale=1, visible=False)
                         new_chat_button = gr.Button("New chat", size="sm", elem_id="new-chat", scale=1)
                     with gr.Accordion("Prompt options and sampling", open=False):
                         system_prompt = gr.Textbox(value="", label="System prompt (optional)", lines=1, elem_id="system-prompt")
@@ -315,34 +318,46 @@ def build_demo(
             steering_mode,
             editor,
         ]
-        triggers = [generate.click, prompt.submit]
-        # A click while a comparison streams starts a new one, which stops the old (trigger_mode="multiple": Gradio
-        # would drop the click otherwise); the button says "Restart" meanwhile. Until the first token the stats lines
-        # say the run waits for the model (queued behind other users), so the page never looks frozen.
-        gr.on(
-            triggers,
-            lambda: (gr.Button(RESTART_LABEL), *[WAITING] * len(stats)),
-            None,
-            [generate, *stats],
-            trigger_mode="multiple",
-            queue=False,
-            **hidden,
+
+        def streamed_run(triggers: list[Any], fn: Any, inputs: list[Any], api_name: str) -> Any:
+            """Wire a run that streams into both panes (compare, regenerate) and its follow-ups; the page event."""
+            # A click while a comparison streams starts a new one, which stops the old (trigger_mode="multiple":
+            # Gradio would drop the click otherwise); the button says "Restart" meanwhile. Until the first token the
+            # stats lines say the run waits for the model (queued behind other users), so the page never looks frozen.
+            gr.on(
+                triggers,
+                lambda: (gr.Button(RESTART_LABEL), *[WAITING] * len(stats)),
+                None,
+                [generate, *stats],
+                trigger_mode="multiple",
+                queue=False,
+                **hidden,
+            )
+            event = on_page_and_api(
+                triggers, fn, inputs, [*texts, *stats, history], api_name=api_name, trigger_mode="multiple", **engine_bound
+            )
+            # the label comes last: when it says "Generate" again, the conversations show the run's turn
+            event.then(lambda turns: chat_views(turns), history, chats, **hidden).then(
+                cb.generate_label, None, generate, **hidden
+            )
+            return event
+
+        compare_event = streamed_run(
+            [generate.click, prompt.submit], cb.compare, [*request, session_vectors, *more, chat_mode, history], "compare"
         )
-        compare_event = on_page_and_api(
-            triggers,
-            cb.compare,
-            [*request, session_vectors, *more, chat_mode, history],
-            [*texts, *stats, history],
-            api_name="compare",
-            trigger_mode="multiple",
-            **engine_bound,
-        )
-        compare_event.then(cb.generate_label, None, generate, **hidden)
-        compare_event.then(lambda turns: chat_views(turns), history, chats, **hidden)
         compare_event.success(user_errors(word_diff), texts, diff, api_name="word_diff", show_progress="hidden")
-        stop.click(cb.stopped_stats, stats, stats, cancels=[compare_event], queue=False, **hidden).then(
-            lambda: gr.Button(GENERATE_LABEL), None, generate, **hidden
+        # the same turn again on both panes (multi-turn chat): request less the prompt, which comes from the history
+        regenerate_event = streamed_run(
+            [regenerate_button.click], cb.regenerate, [*request[1:], session_vectors, *more, history], "regenerate"
         )
+        regenerate_event.success(user_errors(word_diff), texts, diff, **hidden)
+        # Stop cancels the event; then, queued behind the stream's last update, it closes the session's engine streams
+        # (the engine is free at once, not when the garbage collector gets to the dropped generator) and writes the
+        # final lines from the server's counts. Only those say "stopped": they reach the page after every update the
+        # stream sent, so nothing brings "generating…" back (an immediate rewrite could be overtaken by one).
+        stop.click(None, None, None, cancels=[compare_event, regenerate_event], queue=False, **hidden).then(
+            cb.stop_stats, stats, stats, **hidden
+        ).then(lambda: gr.Button(GENERATE_LABEL), None, generate, **hidden)
         # /vector_defaults for API clients (the page's rows follow their vectors in app.quick_controls)
         gr.Button(visible=False, elem_id="api-vector-defaults").click(
             user_errors(cb.vector_defaults), [vector, layer, scale, session_vectors], [layer, scale], api_name="vector_defaults"
@@ -362,7 +377,9 @@ def build_demo(
             chat.clear(cb.new_chat, None, [history, *texts, *stats], **hidden).then(
                 lambda: chat_views(None), None, chats, **hidden
             )
-        chat_mode.change(lambda on: gr.Row(visible=on), chat_mode, conversation, **hidden)
+        chat_mode.change(
+            lambda on: (gr.Row(visible=on), gr.Button(visible=on)), chat_mode, [conversation, regenerate_button], **hidden
+        )
 
         def default_skip(mode: str, rows: Any) -> int:
             return 1 if mode == "editor" and has_cap_or_ablation(rows) else 0

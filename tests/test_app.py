@@ -342,3 +342,29 @@ def test_chat_over_the_api_continues_the_sessions_conversation(client, hf_defaul
     assert client.predict(api_name="/new_chat") == ("", "", "", "")
     fresh = compare(client, prompt="And then?", **setup)
     assert fresh[1] == hf_default.generate(build_prompt("And then?", "", False), config, steering=spec)[0].text
+
+
+def test_regenerate_over_the_api_runs_the_sessions_last_turn_again(client, hf_default, registry):
+    from app.chat import NO_TURN_YET
+
+    name = registry.names()[-1]
+    layer = registry.get(name).suggested_layer or 1
+    setup = {"vector": name, "layer": layer, "scale": 2.0, "max_new_tokens": 4}
+    with pytest.raises(AppError, match=re.escape(NO_TURN_YET)):
+        client.predict(**setup, api_name="/regenerate")
+    first = compare(client, chat_mode=True, **setup)
+    second = compare(client, prompt="And then?", chat_mode=True, **setup)
+    again = client.predict(**setup, api_name="/regenerate")
+    assert again[:2] == second[:2]  # greedy: the same last turn
+    # the session holds two turns, the second regenerated: a third turn continues from both
+    third = compare(client, prompt="Why?", chat_mode=True, **setup)
+    conversation = [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": first[1]},
+        {"role": "user", "content": "And then?"},
+        {"role": "assistant", "content": again[1]},
+        {"role": "user", "content": "Why?"},
+    ]
+    spec = quick_spec(hf_default, registry, name, layer, 2.0)
+    config = GenerationConfig(max_new_tokens=4, seed=0)
+    assert third[1] == hf_default.generate(conversation, config, steering=spec)[0].text

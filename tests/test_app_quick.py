@@ -1,5 +1,6 @@
-"""Fast tests of the quick controls (issue 18, items 9, 15, 17, 18): the scale range derived from the vector, several
-vector rows -> the spec the editor builds, the first tokens left unsteered, and multi-turn chat per side."""
+"""Fast tests of the quick controls (issue 18, items 9, 15, 16, 17, 18): the scale range derived from the vector,
+several vector rows -> the spec the editor builds, the first tokens left unsteered (compare and the projection trace
+alike), and multi-turn chat per side with regenerate."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from app.callbacks import CHAT_NEEDS_TEMPLATE, Callbacks
-from app.chat import add_turn, new_chat, turn_prompts
+from app.chat import NO_TURN_YET, add_turn, drop_last_turn, new_chat, turn_prompts
+from app.projection_view import trace_handler
 from app.scale_range import REFERENCE_PROMPTS, ScaleRange, nice_ceil, scale_note, scale_range
 from app.stamps import stamps
 from engine import GenerationConfig
@@ -255,3 +257,78 @@ def test_each_side_continues_from_its_own_replies(cb, engine, registry):
     assert cb.new_chat() == (new_chat(), "", "", "", "")
     with pytest.raises(SteeringError, match=re.escape(CHAT_NEEDS_TEMPLATE)):
         list(cb.compare("hi", "", "up", 2, 6.0, 4, 0.0, 1.0, 0, True, "quick", None, {}, *NO_MORE_ROWS, None, True, None))
+
+
+def test_drop_last_turn_gives_the_earlier_history_and_the_message():
+    one = add_turn(new_chat(), "Hi", ["plain", "steered!"])
+    two = add_turn(one, "More?", ["plain 2", "steered 2"])
+    assert drop_last_turn(two) == (one, "More?")
+    assert drop_last_turn(one) == (new_chat(), "Hi")
+    assert two["steered"][-1] == {"role": "assistant", "content": "steered 2"}  # the caller's history is not changed
+    for empty in (None, new_chat(), {}):
+        with pytest.raises(SteeringError, match=f"^{re.escape(NO_TURN_YET)}$"):
+            drop_last_turn(empty)
+    uneven = {"baseline": one["baseline"], "steered": two["steered"]}
+    with pytest.raises(SteeringError, match="^history: the sides do not end in the same user turn; press New chat$"):
+        drop_last_turn(uneven)
+
+
+def test_regenerate_runs_the_last_turn_again(cb, engine, registry):
+    def turn(prompt, history, seed=0, temperature=0.0):
+        args = ("", "up", 2, 6.0, 4, temperature, 1.0, seed, False, "quick", None, {}, *NO_MORE_ROWS, 0, True, history)
+        return list(cb.compare(prompt, *args))[-1]
+
+    def regenerate(history, seed=0, temperature=0.0):
+        args = ("", "up", 2, 6.0, 4, temperature, 1.0, seed, False, "quick", None, {}, *NO_MORE_ROWS, 0, history)
+        return list(cb.regenerate(*args))[-1]
+
+    first = turn("hi", None)
+    second = turn("more", first[4])
+    again = regenerate(second[4])
+    assert (again[:2], again[4]) == (second[:2], second[4])  # greedy: the same replies, the same two turns
+    assert [line.splitlines()[-1] for line in again[2:4]] == [line.splitlines()[-1] for line in second[2:4]]  # stamps
+    assert [len(again[4][side]) for side in ("baseline", "steered")] == [4, 4]
+    # sampling with another seed: a new last turn, computed as one batch of both sides' conversations
+    sampled = regenerate(second[4], seed=7, temperature=1.0)
+    assert sampled[4]["baseline"][:2] == first[4]["baseline"] and sampled[4]["steered"][:2] == first[4]["steered"]
+    conversations = [[*first[4][side], {"role": "user", "content": "more"}] for side in ("baseline", "steered")]
+    config = GenerationConfig(max_new_tokens=4, temperature=1.0, top_p=1.0, seed=7, seeds=[7, 7])
+    spec = SteeringSpec.single(2, registry.get("up").vector, 6.0)
+    expected = engine.generate(conversations, config, steering=[None, spec])
+    assert sampled[:2] == (expected[0].text, expected[1].text)
+    assert sampled[4]["steered"][2:] == [
+        {"role": "user", "content": "more"},
+        {"role": "assistant", "content": expected[1].text},
+    ]
+    assert sampled[1] != second[1]  # the seed changed the steered reply
+    with pytest.raises(SteeringError, match=f"^{re.escape(NO_TURN_YET)}$"):
+        list(cb.regenerate("", "up", 2, 6.0, 4, 0.0, 1.0, 0, False, "quick", None, {}, history=new_chat()))
+    with pytest.raises(SteeringError, match=re.escape(CHAT_NEEDS_TEMPLATE)):
+        list(cb.regenerate("", "up", 2, 6.0, 4, 0.0, 1.0, 0, True, "quick", None, {}, history=second[4]))
+
+
+# -- item 16: the projection trace takes the same controls as compare --------------------------------------------
+def test_trace_projection_steers_every_token_by_default_like_compare(cb, engine, registry):
+    handler = trace_handler(cb)
+    capped = [[1, None, None, "up", -1.0, 1.0, None, None]]
+    _, data = handler("hi", "", True, "abc", None, False, None, 0, 0, "editor", capped, {})
+    spec = SteeringSpec({1: LayerSteeringSpec(projection_cap=ProjectionCapSpec(registry.get("up").vector, -1.0, 1.0))})
+    assert data == engine.trace_projection("hi", "abc", spec).to_dict()
+    assert data["skip_first_tokens"] == 0  # as /compare's default: the same spec for the same controls
+    assert cb.current_spec(None, 0, 0, "editor", capped, {}).fingerprint() == data["spec_fingerprint"]
+    _, page_default = handler("hi", "", True, "abc", None, False, None, 0, 0, "editor", capped, {}, *NO_MORE_ROWS, None)
+    assert page_default["skip_first_tokens"] == 1  # empty: the page's default for a cap
+
+
+def test_trace_layer_box_is_empty_or_a_whole_number():
+    from app.projection_view import trace_layer_index
+
+    # the page sends the box's text (an empty number box would arrive as 0, tracing layer 0); the API may send numbers
+    assert [trace_layer_index(v) for v in (None, "", "  ", "3", " 0 ", 3, 8.0)] == [None, None, None, 3, 0, 3, 8]
+    for bad, message in (
+        ("x", "trace layer: 'x' is not a number; type a 0-based decoder layer or leave it empty"),
+        ("1.5", "trace layer: 1.5 is not a whole number; use a 0-based decoder layer"),
+        (2.5, "trace layer: 2.5 is not a whole number; use a 0-based decoder layer"),
+    ):
+        with pytest.raises(SteeringError, match=f"^{re.escape(message)}$"):
+            trace_layer_index(bad)

@@ -237,10 +237,23 @@ def test_build_demo_names_every_action(engine, registry):
         "create_vector",
         "delete_vector",
         "engine_info",
+        "new_chat",
+        "regenerate",
+        "trace_projection",
     }
     assert expected <= names
     ids = {b.elem_id for b in demo.blocks.values() if getattr(b, "elem_id", None)}
-    assert {"baseline-output", "steered-output", "generate", "stop", "vector", "spec-editor", "import-file", "export-file"} <= ids
+    assert {
+        "baseline-output",
+        "steered-output",
+        "generate",
+        "stop",
+        "vector",
+        "spec-editor",
+        "import-file",
+        "export-file",
+        "regenerate",
+    } <= ids
     demo.close()
 
 
@@ -338,3 +351,101 @@ def test_page_errors_warn_and_leave_the_outputs_unchanged():
 
 def test_stop_while_waiting_says_stopped():
     assert Callbacks.stopped_stats("waiting for the model…", "0 tokens · generating…") == ("stopped", "0 tokens · stopped")
+
+
+def test_stop_closes_the_stream_and_writes_the_last_counts(cb, engine):
+    from types import SimpleNamespace
+
+    from app.chat import new_chat
+    from app.sides import GENERATING, STOPPED
+
+    request = SimpleNamespace(session_hash="page-1")
+    args = ("hello", "", "up", 2, 4.0, 200, 0.0, 1.0, 0, False, "quick", None, {}, *(None, 0, 1.0) * 3, 0, True, new_chat())
+    stream = cb.compare(*args, request=request)
+    shown = next(stream)[2:4]  # what the page holds when Stop is clicked
+    assert all(GENERATING in line for line in shown) and cb.runs.streaming("page-1")
+    # Gradio's cancel drops the handler's generator without closing it; Stop closes the engine stream itself
+    final = cb.stop_stats(*shown, request=request)
+    assert not cb.runs.streaming("page-1")
+    assert engine.generate("hi", GenerationConfig(max_new_tokens=2))[0].num_tokens == 2  # the engine's lock is free
+    assert final == tuple(line.replace(GENERATING, STOPPED) for line in shown)  # the server's counts, now "stopped"
+    assert final[1].splitlines()[-1] == shown[1].splitlines()[-1]  # the stamp stays
+    # were the handler resumed, it would end with the same lines and keep no turn of the stopped run
+    last = list(stream)
+    assert [out[2:] for out in last] == [(*final, new_chat())]
+    # nothing was generating (still waiting, or no page session): the page's own lines, "stopped" for "waiting…"
+    assert cb.stop_stats("waiting for the model…", "", request=request) == ("stopped", "")
+    waiting = cb.compare(*args, request=SimpleNamespace(session_hash="page-2"))
+    next(waiting)
+    closed = cb.runs.stop_soon("page-2", 5.0)  # what Stop starts for a run that has not streamed yet
+    assert closed.wait(5.0) and not cb.runs.streaming("page-2")
+    assert engine.generate("hi", GenerationConfig(max_new_tokens=2))[0].num_tokens == 2
+    assert cb.stop_stats(*shown) == final
+    after = cb.new_chat(request)  # a new chat forgets the old run: Stop never brings its lines back
+    assert after[1:] == ("", "", "", "") and cb.runs.view("page-1") is None
+
+
+def test_run_tracker_waits_for_a_session_to_go_idle():
+    from app.runs import RunTracker
+
+    runs = RunTracker()
+    first, second = runs.start("s"), runs.start("s")
+    assert runs.stop("s", 0.0) is False  # no stream to close yet: both wait for the engine
+    runs.show(second, lambda stopped: ("second",))
+    runs.show(first, lambda stopped: ("first",))  # superseded: ignored
+    assert runs.view("s")(True) == ("second",)
+    assert runs.wait_idle("s", 0.0) is False
+    runs.finish(first)
+    assert runs.wait_idle("s", 0.0) is False and not runs.is_current(first) and runs.is_current(second)
+    runs.finish(second)
+    assert runs.wait_idle("s", 0.0) is True and runs.wait_idle("other", 0.0) is True
+    runs.forget("s")
+    assert runs.view("s") is None
+
+
+def test_steering_controls_from_a_handlers_arguments():
+    from app.steering_controls import MORE_ROW_FIELDS, SteeringControls
+
+    assert MORE_ROW_FIELDS == (
+        "vector_2",
+        "layer_2",
+        "scale_2",
+        "vector_3",
+        "layer_3",
+        "scale_3",
+        "vector_4",
+        "layer_4",
+        "scale_4",
+    )
+    args = {"self": None, "vector": "up", "layer": 2, "scale": 1.5, "session": {}, "vector_3": "down", "layer_3": 1}
+    controls = SteeringControls.from_args(args)
+    assert controls == SteeringControls("up", 2, 1.5, "quick", None, {}, (None, None, None, "down", 1, None, None, None, None), 0)
+    assert [(r.number, r.vector, r.layer) for r in controls.quick_rows()] == [
+        (1, "up", 2),
+        (2, None, None),
+        (3, "down", 1),
+        (4, None, None),
+    ]
+
+
+def test_stop_retries_a_stream_busy_in_a_step():
+    import threading
+
+    from app.runs import RunTracker
+
+    runs = RunTracker()
+    run = runs.start("s")
+    busy = threading.Event()
+    calls = []
+
+    def close():  # busy for the first two tries, as a generator running a step on another thread
+        calls.append(1)
+        if len(calls) < 3:
+            raise ValueError("generator already executing")
+        busy.set()
+
+    runs.closes_with(run, close)
+    assert runs.stop("s", 5.0) is True and busy.is_set() and len(calls) == 3
+    assert not runs.active(run) and not runs.streaming("s")
+    runs.finish(run)  # the handler's own finish afterwards changes nothing
+    assert not runs.streaming("s")
