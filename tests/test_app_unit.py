@@ -139,6 +139,30 @@ def test_compare_streams_both_sides_and_ends_with_the_batch_result(cb, engine, r
     assert steered_stats.startswith("6 tokens")
 
 
+def test_compare_sends_first_texts_and_ends_at_once_and_the_rest_at_most_every_interval(cb, engine, registry, monkeypatch):
+    import app.compare
+
+    args = ("hello", "", "up", 2, 4.0, 6, 0.0, 1.0, 0, True, "quick", None, {})  # raw completion, greedy, seed 0
+    spec = SteeringSpec.single(2, registry.get("up").vector, 4.0)
+    config = GenerationConfig(max_new_tokens=6, temperature=0.0, top_p=1.0, seed=0)
+    events = list(engine.generate_stream(["hello", "hello"], config, steering=[None, spec]))
+    monkeypatch.setattr(app.compare, "UPDATE_INTERVAL_S", 0.0)  # every event is sent, then the final output
+    every = list(cb.compare(*args))
+    assert len(every) == len(events) + 1
+    monkeypatch.setattr(app.compare, "UPDATE_INTERVAL_S", 1e9)  # only each pane's first text, its end, the final output
+    few = list(cb.compare(*args))
+    texts, sent = ["" for _ in SIDES], []
+    for event in events:  # the rule, replayed on the same (greedy) events: which updates go out at once
+        first = not texts[event.index]
+        texts[event.index] += event.delta
+        if (first and texts[event.index]) or event.finished:
+            sent.append(tuple(texts))
+    assert len(sent) >= len(SIDES) and len(few) == len(sent) + 1 < len(every)
+    assert [out[: len(SIDES)] for out in few[:-1]] == sent
+    assert few[-1][: len(SIDES)] == every[-1][: len(SIDES)]  # the same final panes
+    assert [line.split(" · ")[0] for line in few[-1][len(SIDES) : 2 * len(SIDES)]] == ["6 tokens"] * len(SIDES)
+
+
 def test_compare_never_touches_the_engine_state(cb, engine):
     before = engine.export_steering_spec().fingerprint()
     list(cb.compare("hello", "", "up", 2, 4.0, 3, 0.0, 1.0, 0, True, "quick", None, {}))
