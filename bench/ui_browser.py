@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "DONE", "POLL_MS", "BrowserPath", "tokens_in"]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as tests/conftest.py launches it
+CHROMIUM_ARGS = [  # the browser tests (tests/conftest.py) launch it with these too
     "--no-sandbox",
     "--headless",
     "--disable-gpu",

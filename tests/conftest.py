@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.ui_browser import CHROMIUM, CHROMIUM_ARGS
+
 # Before anything imports torch (pytest imports this file before any test module), and inherited by every process a
 # test starts (vLLM's spawned workers, the app, the scripts): OpenMP threads busy-wait between parallel regions, so
 # on a loaded 2-core machine torch's runs collapse (2 x 8 tokens of the default model: 33-49 s with the defaults,
@@ -137,18 +139,8 @@ def build_tiny_checkpoint(arch: str, directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-# Debian's Chromium, driven by Playwright (never a downloaded browser): one per browser-test module.
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-
-
+# Debian's Chromium, driven by Playwright (never a downloaded browser): one per browser-test module. Its path and
+# flags (CHROMIUM, CHROMIUM_ARGS) are the benchmark's: `python -m bench ui` drives the same browser.
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
