@@ -127,6 +127,19 @@ class Generation:
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
+    @classmethod
+    def batch(
+        cls,
+        texts: Sequence[str],
+        token_ids: Sequence[list[int]],
+        finish_reasons: Sequence[str | None],
+        prompt_ids: Sequence[list[int]],
+        spec_fingerprints: Sequence[str | None],
+    ) -> list[Generation]:
+        """One ``Generation`` per row of a batch (a row with no finish reason ran out of tokens: "length")."""
+        rows = zip(texts, token_ids, finish_reasons, prompt_ids, spec_fingerprints, strict=True)
+        return [cls(text, ids, reason or "length", prompt, key) for text, ids, reason, prompt, key in rows]  # type: ignore[arg-type]
+
 
 @dataclass
 class StreamEvent:

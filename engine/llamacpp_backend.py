@@ -455,16 +455,7 @@ class LlamaCppSteerModel(SteerableModel):
                 reasons[row] = reason
         keys = spec_keys(specs)
         texts = self.decode_all(tokens, decode_text)
-        return [
-            Generation(
-                text=texts[row],
-                token_ids=tokens[row],
-                finish_reason=reasons[row],  # type: ignore[arg-type]
-                prompt_token_ids=prompt_ids[row],
-                spec_fingerprint=keys[row],
-            )
-            for row in range(len(prompt_ids))
-        ]
+        return Generation.batch(texts, tokens, reasons, prompt_ids, keys)
 
     def _generate_stream(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]

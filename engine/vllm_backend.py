@@ -798,16 +798,7 @@ class VLLMSteerModel(SteerableModel):
                 reasons[index] = "stop" if reason == "stop" else ("abort" if reason == "abort" else "length")
         keys = [r.key for r in job.requests]  # fingerprints computed once per distinct spec at submission
         texts = self.decode_all(tokens, decode_text)
-        return [
-            Generation(
-                text=texts[i],
-                token_ids=tokens[i],
-                finish_reason=reasons[i],  # type: ignore[arg-type]
-                prompt_token_ids=prompt_ids[i],
-                spec_fingerprint=keys[i],
-            )
-            for i in range(len(prompt_ids))
-        ]
+        return Generation.batch(texts, tokens, reasons, prompt_ids, keys)
 
     def _generate_stream(
         self, prompt_ids: list[list[int]], config: GenerationConfig, specs: list[SteeringSpec | None]
