@@ -57,7 +57,7 @@ def test_import_sidesteer_and_its_command_load_neither_torch_nor_gradio():
 @pytest.mark.parametrize(
     ("command", "usage"),
     [
-        ("app", "usage: sidesteer app [-h] [--backend {auto,vllm,hf}]"),
+        ("app", "usage: sidesteer app [-h] [--backend {auto,vllm,hf,llamacpp}]"),
         ("rollouts", "usage: sidesteer rollouts [-h] [--datasets NAME [NAME ...]]"),
         ("selftest", "usage: sidesteer selftest [-h] [--model MODEL] [--layer LAYER]"),
         ("parity", "usage: sidesteer parity [-h] [--arch ARCH] [--tokenizer TOKENIZER]"),
