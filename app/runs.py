@@ -44,6 +44,8 @@ class RunTracker:
         self._latest: dict[str, int] = {}
         self._active: dict[str, dict[int, Callable[[], object] | None]] = {}  # session -> run number -> its closer
         self._views: OrderedDict[str, StatsView] = OrderedDict()
+        self._stoppers: dict[str, threading.Event] = {}  # session -> its running stopper's done event (stop_soon)
+        self._stop_upto: dict[str, int] = {}  # session -> the newest run number a Stop asked to end
 
     def start(self, session: str) -> Run:
         """Register a new run of ``session``; every earlier run of it is superseded from now on."""
@@ -94,48 +96,76 @@ class RunTracker:
         with self._lock:
             return self._idle.wait_for(lambda: not self._active.get(session), timeout)
 
-    def stop(self, session: str, timeout: float) -> bool:
-        """End every run of ``session``: close its stream (which frees the engine at once) and mark it finished.
+    def stop(self, session: str, timeout: float, upto: int | None = None) -> bool:
+        """End the runs of ``session`` up to run number ``upto`` (None: every run it has now): close each one's stream
+        (which frees the engine at once) and mark it finished.
 
         A stream in the middle of a step (its handler's thread is computing a token, or waiting for the engine behind
         other users' runs) cannot be closed from here until the step is done: it is tried again every
         :data:`CLOSE_RETRY_S` for up to ``timeout`` seconds. A run that has no stream yet (still in Gradio's queue)
-        is left to Gradio's cancel.
+        is left to Gradio's cancel. Runs started after the Stop that asked for this are never touched; a later
+        :meth:`stop_soon` of the session while this one waits raises ``upto`` (one stopper per session).
 
         Returns:
             Whether the session has no run left.
         """
         deadline = time.monotonic() + timeout
         with self._lock:
-            runs = [(Run(session, n), close) for n, close in self._active.get(session, {}).items() if close is not None]
-        for run, close in runs:
-            while True:
+            if upto is None:
+                upto = max(self._active.get(session, {}), default=0)
+        while True:
+            with self._lock:
+                upto = max(upto, self._stop_upto.get(session, 0))
+                active = self._active.get(session, {})
+                runs = [(Run(session, n), close) for n, close in active.items() if close is not None and n <= upto]
+            busy = False
+            for run, close in runs:
                 try:
                     close()
                 except ValueError:  # "generator already executing": a step is running on another thread
-                    if time.monotonic() < deadline:
-                        time.sleep(CLOSE_RETRY_S)
-                        continue
-                    break
+                    busy = True
+                    continue
                 self.finish(run)
-                break
-        return not self.streaming(session)
+            if not busy or time.monotonic() >= deadline:
+                return not self.streaming(session)
+            time.sleep(CLOSE_RETRY_S)
 
     def stop_soon(self, session: str, timeout: float) -> threading.Event:
         """:meth:`stop` on a thread of its own (a stream waiting for the engine may take minutes to close).
 
-        Returns:
-            An event set once :meth:`stop` has returned.
-        """
-        done = threading.Event()
+        One thread per session: a Stop clicked while the session's stopper still waits raises what that stopper ends
+        (every run the session has now) instead of starting another, so repeated clicks cannot pile up threads.
 
-        def stop() -> None:
+        Returns:
+            An event set once the session's stopper has returned.
+        """
+        with self._lock:
+            self._stop_upto[session] = max(self._stop_upto.get(session, 0), max(self._active.get(session, {}), default=0))
+            running = self._stoppers.get(session)
+            if running is not None:
+                return running
+            done = self._stoppers[session] = threading.Event()
+
+        def stopper() -> None:
+            handled = 0
             try:
-                self.stop(session, timeout)
+                while True:
+                    with self._lock:
+                        upto = self._stop_upto.get(session, 0)
+                        if upto <= handled:  # no Stop asked for more since the last pass: this stopper ends
+                            self._stoppers.pop(session, None)
+                            self._stop_upto.pop(session, None)
+                            return
+                    self.stop(session, timeout, upto)
+                    handled = upto
             finally:
+                with self._lock:  # also after an error: a stale entry would swallow every later Stop
+                    if self._stoppers.get(session) is done:
+                        self._stoppers.pop(session, None)
+                        self._stop_upto.pop(session, None)
                 done.set()
 
-        threading.Thread(target=stop, name="sidesteer-stop", daemon=True).start()
+        threading.Thread(target=stopper, name="sidesteer-stop", daemon=True).start()
         return done
 
     def show(self, run: Run, view: StatsView) -> None:

@@ -427,6 +427,38 @@ def test_run_tracker_waits_for_a_session_to_go_idle():
     assert runs.view("s") is None
 
 
+def test_repeated_stops_share_one_stopper_and_never_end_a_later_run():
+    import threading
+
+    from app.runs import RunTracker
+
+    runs = RunTracker()
+    first = runs.start("s")
+    release, closed = threading.Event(), []
+
+    def closer(run):
+        def close():  # busy (waiting for the engine) until released
+            if not release.is_set():
+                raise ValueError("generator already executing")
+            closed.append(run.number)
+
+        return close
+
+    runs.closes_with(first, closer(first))
+    done = runs.stop_soon("s", 30.0)
+    second = runs.start("s")  # Generate again while the first run still waits
+    runs.closes_with(second, closer(second))
+    assert all(runs.stop_soon("s", 30.0) is done for _ in range(50))  # more clicks: the same stopper, now up to run 2
+    assert [t.name for t in threading.enumerate()].count("sidesteer-stop") == 1
+    third = runs.start("s")  # after the last Stop: never ended by it
+    runs.closes_with(third, closer(third))
+    release.set()
+    assert done.wait(5.0) and sorted(closed) == [first.number, second.number]
+    assert runs.active(third) and not runs.active(first) and not runs.active(second)
+    fresh = runs.stop_soon("s", 5.0)  # the stopper has ended: a new Stop starts a new one, for run 3
+    assert fresh is not done and fresh.wait(5.0) and closed[-1] == third.number and not runs.streaming("s")
+
+
 def test_steering_controls_from_a_handlers_arguments():
     from app.steering_controls import MORE_ROW_FIELDS, SteeringControls
 
