@@ -118,11 +118,13 @@ class ControlVector:
     key: str
 
 
-def control_vector(spec: SteeringSpec, num_layers: int, hidden_size: int) -> ControlVector:
+def control_vector(spec: SteeringSpec, num_layers: int, hidden_size: int, key: str | None = None) -> ControlVector:
     """The control vector of an additive spec, from the shared steering math (:func:`engine.steering_ops.layer_rows`).
 
     Sidesteer layer ``L`` (the output of 0-based block ``L``) is llama.cpp block ``L``
     (:func:`vectors.convention.layer_to_llamacpp`), whose floats start at ``(L - 1) * hidden_size``.
+
+    ``key`` is the spec's fingerprint when the caller has it already (computed here otherwise).
 
     Raises:
         SteeringError: The spec has an op llama.cpp cannot steer (:func:`inexpressible`), or no add at all.
@@ -139,7 +141,7 @@ def control_vector(spec: SteeringSpec, num_layers: int, hidden_size: int) -> Con
         blocks.append(block)
     if not blocks:
         raise SteeringError("spec: no layer has an add vector; pass None for an unsteered prompt")
-    return ControlVector(data, min(blocks), max(blocks), spec.fingerprint())
+    return ControlVector(data, min(blocks), max(blocks), key or spec.fingerprint())
 
 
 def _sampler_of(config: GenerationConfig, row: int) -> torch.Generator:
@@ -400,11 +402,12 @@ class LlamaCppSteerModel(SteerableModel):
         for row, ids in enumerate(prompt_ids):
             if not ids:
                 raise SteeringError(f"prompts[{row}]: the prompt has no tokens; pass non-empty text")
+        keys = spec_keys(specs)  # one fingerprint per distinct spec
         vectors: dict[str, ControlVector] = {}
-        for spec, key in zip(specs, spec_keys(specs), strict=True):
+        for spec, key in zip(specs, keys, strict=True):
             if spec is not None and key not in vectors:
-                vectors[key] = control_vector(spec, self.num_layers, self.hidden_size)  # type: ignore[index]
-        row_vectors = [None if key is None else vectors[key] for key in spec_keys(specs)]
+                vectors[key] = control_vector(spec, self.num_layers, self.hidden_size, key)  # type: ignore[index]
+        row_vectors = [None if key is None else vectors[key] for key in keys]
         out: queue.Queue = queue.Queue()
         stop = threading.Event()
 
