@@ -32,10 +32,9 @@ from app.deploy import (
 )
 from app.limits import OPTIONS
 from app.server import HOST_ENV, PORT_ENV, default_host, default_port
-from engine.auto_backend import BackendChoice, apply_threads, choose_backend, detect_machine
+from engine.auto_backend import BACKENDS, BackendChoice, apply_threads, choose_backend, detect_machine
 from vectors import SteeringError
 
-BACKENDS = ("auto", "vllm", "hf", "llamacpp")
 PORTS_TRIED = 20  # how far past a busy port the error message looks for a free one to suggest
 
 # Every environment variable the app reads, besides the limits' SIDESTEER_MAX_* (listed from OPTIONS) and the

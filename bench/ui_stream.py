@@ -458,7 +458,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench ui", description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per pane")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--backend", default="hf", help="the app's --backend, one of app.cli.BACKENDS (default hf)")
+    parser.add_argument("--backend", default="hf", help="the app's --backend, one of engine.auto_backend.BACKENDS (default hf)")
     parser.add_argument("--model", default="default")
     parser.add_argument("--vector", default="pirate", help="a registry vector with a suggested layer and scale")
     parser.add_argument("--registry", type=Path, help="the app's user registry folder (default: a new empty one)")
@@ -476,7 +476,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--rounds: {args.rounds} is not a positive number of rounds; pass e.g. --rounds 5")
     if args.tokens < 1:
         parser.error(f"--tokens: {args.tokens} is not a positive number of tokens; pass e.g. --tokens 64")
-    from app.cli import BACKENDS  # imports gradio: after the cheap checks
+    from engine.auto_backend import BACKENDS
 
     if args.backend not in BACKENDS:
         parser.error(f"--backend: {args.backend!r} is not one of the app's backends ({', '.join(BACKENDS)})")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "BACKENDS",
     "BackendChoice",
     "Machine",
     "apply_threads",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 Backend = Literal["vllm", "hf", "llamacpp"]
-BACKENDS = ("auto", "vllm", "hf", "llamacpp")
+BACKENDS = ("auto", "vllm", "hf", "llamacpp")  # what --backend accepts (the app's option takes its choices from here)
 PANES = 2  # the compare pair: baseline and steered, one llama.cpp context each
 
 
