@@ -82,6 +82,13 @@ def starts_the_app(words: list[str]) -> bool:
     return (words[:2] in (["python", "app.py"], ["sidesteer", "app"])) and "--help" not in words and "-h" not in words
 
 
+def failure(out: subprocess.CompletedProcess) -> str:
+    """What a failed block printed: stdout's tail, the first error lines of stderr (a vLLM engine's own traceback comes
+    long before the driver's "Engine core initialization failed", past any tail), then stderr's tail."""
+    first = [line for line in out.stderr.splitlines() if re.search(r"Error\b|Exception\b|Traceback", line)][:12]
+    return "\n".join([out.stdout[-2000:], "-- first error lines of stderr:", *first, "-- stderr tail:", out.stderr[-4000:]])
+
+
 def environment(tmp: Path, **extra: str) -> dict[str, str]:
     """The reader's shell: the project venv first on PATH, no PYTHONPATH, data folders in ``tmp``."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("SIDESTEER_", "GRADIO_SERVER"))}
@@ -201,6 +208,16 @@ def test_readme_parser_reads_markers_and_commands():
     assert starts_the_app(["python", "app.py"]) and not starts_the_app(["python", "app.py", "--help"])
 
 
+def test_a_failed_block_shows_its_first_error_past_the_tail():
+    cause = "ValueError: Free memory on device (10.2/139.8 GiB) is less than desired GPU memory utilization (0.9)"
+    stderr = "\n".join(
+        ["INFO starting", cause, *(f"INFO line {i}" for i in range(400)), "RuntimeError: Engine core initialization failed"]
+    )
+    text = failure(subprocess.CompletedProcess([], 1, "out", stderr))
+    assert cause not in stderr[-4000:] and text.splitlines()[:3] == ["out", "-- first error lines of stderr:", cause]
+    assert text.endswith("RuntimeError: Engine core initialization failed")
+
+
 # -- the blocks --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=marks(b)) for b in BLOCKS])
 def test_readme_block(block: Block, apps, tmp_path):
@@ -219,7 +236,7 @@ def test_readme_block(block: Block, apps, tmp_path):
             text=True,
             timeout=RUN_TIMEOUT,
         )
-        assert out.returncode == 0, f"README line {block.line}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+        assert out.returncode == 0, f"README line {block.line}:\n{failure(out)}"
         return
     for words in commands(block.code):
         if starts_the_app(words):
@@ -228,4 +245,4 @@ def test_readme_block(block: Block, apps, tmp_path):
             assert page.status_code == 200 and "gradio" in page.text
             continue
         out = subprocess.run(words, cwd=ROOT, env=environment(tmp_path), capture_output=True, text=True, timeout=RUN_TIMEOUT)
-        assert out.returncode == 0, f"README line {block.line}: {shlex.join(words)}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+        assert out.returncode == 0, f"README line {block.line}: {shlex.join(words)}\n{failure(out)}"
