@@ -62,10 +62,28 @@ def pick(page, elem_id: str, name: str) -> None:
 
 
 def set_tokens(page, n: int) -> None:
-    page.get_by_text("Prompt options and sampling").click()
+    """Max new tokens (opens the sampling accordion), checked to hold before the caller clicks anything.
+
+    The slider mounts when the accordion first opens; a value typed in that instant was seen to be reset to the default
+    (CI on 2 busy cores ran 64 tokens instead of 3), so the value is typed again until the slider shows it and keeps it.
+    """
     box = page.locator("#max-new-tokens input[type=number]")
-    box.fill(str(n))
-    box.press("Tab")
+    if not box.is_visible():
+        page.get_by_text("Prompt options and sampling").click()
+    shown = "([sel, want]) => document.querySelector(sel)?.value === want"
+    for _ in range(5):
+        box.fill(str(n))
+        box.press("Tab")
+        try:
+            page.wait_for_function(shown, arg=["#max-new-tokens input[type=range]", str(n)], timeout=5_000)
+        except Exception as error:  # Playwright's TimeoutError (playwright is imported only where installed)
+            if type(error).__name__ != "TimeoutError":
+                raise
+            continue
+        page.wait_for_timeout(250)  # a late re-render would reset it within this
+        if page.locator("#max-new-tokens input[type=range]").input_value() == str(n) == box.input_value():
+            return
+    raise AssertionError(f"max new tokens did not stay at {n}")
 
 
 def wait_finished(page) -> None:
