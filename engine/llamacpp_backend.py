@@ -185,6 +185,15 @@ class _Library:
         else:  # llama-cpp-python before the memory API
             lib.llama_kv_self_clear(ctx)
 
+    def truncate_memory(self, ctx: Any, keep: int) -> bool:
+        """Drop every cached position from ``keep`` on (sequence 0); False where the model's memory cannot do that."""
+        lib = self.lib
+        if hasattr(lib, "llama_memory_seq_rm"):
+            return bool(lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, keep, -1))
+        if hasattr(lib, "llama_kv_self_seq_rm"):  # llama-cpp-python before the memory API
+            return bool(lib.llama_kv_self_seq_rm(ctx, 0, keep, -1))
+        return False
+
 
 class _Context:
     """One llama.cpp context on the shared model: its control vector, its KV cache, its threads."""
@@ -203,12 +212,15 @@ class _Context:
         self.n_vocab = n_vocab
         self.hidden_size = hidden_size
         self.steering_key: str | None = None
+        # The tokens whose keys and values the cache holds, in order: every one was decoded under ``steering_key``.
+        self.cached: list[int] = []
 
     def steer(self, vector: ControlVector | None) -> None:
         """Install ``vector`` (None: none) unless this context holds it already."""
         key = None if vector is None else vector.key
         if key == self.steering_key:
             return
+        self.cached = []  # a control vector steers every position: no cached one holds for the new vector
         if vector is None:
             rc = self.lib.set_cvec(self.ctx, None, 0, self.hidden_size, 0, 0)
         else:
@@ -219,16 +231,33 @@ class _Context:
             raise SteeringError(f"llama.cpp: setting the control vector failed (return code {rc})")
         self.steering_key = key
 
-    def start(self, prompt_ids: Sequence[int]) -> None:
-        """Empty the KV cache and run the prompt (the logits of its last token are then ready)."""
-        self.lib.clear_memory(self.ctx)
-        self.decode(prompt_ids)
+    def start(self, prompt_ids: Sequence[int]) -> int:
+        """Run the prompt (the logits of its last token are then ready); returns how many of its tokens were reused.
+
+        The cache keeps the longest prefix this context already decoded under the same control vector (a chat
+        template's system turn, an earlier turn of the conversation, the same prompt again) and decodes only the rest;
+        at least the last token is decoded, for its logits.
+        """
+        keep = 0
+        for cached, new in zip(self.cached, prompt_ids[: len(prompt_ids) - 1], strict=False):
+            if cached != new:
+                break
+            keep += 1
+        if keep == 0 or not self.lib.truncate_memory(self.ctx, keep):
+            keep = 0
+            self.lib.clear_memory(self.ctx)
+        self.cached = list(prompt_ids[:keep])
+        self.decode(prompt_ids[keep:])
+        return keep
 
     def decode(self, ids: Sequence[int]) -> None:
         tokens = (ctypes.c_int32 * len(ids))(*ids)
         rc = self.lib.lib.llama_decode(self.ctx, self.lib.lib.llama_batch_get_one(tokens, len(ids)))
         if rc != 0:
+            self.cached = []
+            self.lib.clear_memory(self.ctx)  # its state after a failed decode is unknown: start afresh next time
             raise SteeringError(f"llama.cpp: llama_decode returned {rc} on {len(ids)} tokens")
+        self.cached.extend(ids)
 
     def logits(self) -> torch.Tensor:
         """``[vocab]`` float32 logits of the last decoded token (a copy: the next decode overwrites llama.cpp's)."""

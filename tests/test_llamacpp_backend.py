@@ -215,6 +215,60 @@ def test_pair_runs_concurrently_with_the_results_of_single_calls(llamacpp) -> No
     assert [g.token_ids for g in three[1:]] == [g.token_ids for g in pair]
 
 
+def _run(context, prompt: list[int], completion: list[int]) -> tuple[int, torch.Tensor]:
+    """(prompt tokens reused, ``[len(completion) + 1, vocab]`` logits) of ``prompt`` then ``completion`` on ``context``."""
+    reused = context.start(prompt)
+    rows = [context.logits()]
+    for token in completion:
+        context.decode([token])
+        rows.append(context.logits())
+    return reused, torch.stack(rows)
+
+
+@pytest.mark.slow
+@needs_llamacpp
+def test_a_cached_prefix_gives_what_a_fresh_context_gives(llamacpp) -> None:
+    """A context decodes only what its cache does not hold under the same control vector, with the same logits."""
+    spec = _pirate(8)
+    vector = control_vector(spec, llamacpp.num_layers, llamacpp.hidden_size)
+    first, second = (llamacpp.encode_prompt(p) for p in PROMPTS[:2])
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)  # the system turn and more
+    assert 20 < shared < len(first) - 1
+    reply = llamacpp.generate(PROMPTS[0], GenerationConfig(max_new_tokens=8))[0]
+    chat = [*PROMPTS[0], {"role": "assistant", "content": reply.text}, {"role": "user", "content": "Why?"}]
+    follow_up = llamacpp.encode_prompt(chat)
+    assert follow_up[: len(first) + 8] == first + reply.token_ids  # the next turn starts with the whole first turn
+    completion = reply.token_ids
+    context = llamacpp._pool(1)[0]
+    for steer in (None, vector):
+        context.steer(steer)
+        fresh = {}
+        for name, ids in (("first", first), ("second", second), ("follow_up", follow_up)):
+            context.cached = [-1]  # nothing in common with any prompt: the cache is emptied
+            reused, fresh[name] = _run(context, ids, completion)
+            assert reused == 0
+        # the cache holds follow_up + completion; each step: (prompt, tokens of it the cache holds)
+        for name, ids, reused in (
+            ("first", first, len(first) - 1),  # follow_up starts with first: all but first's last token (for its logits)
+            ("first", first, len(first) - 1),  # the same prompt again
+            ("second", second, shared),  # a new user turn keeps the system turn
+            ("first", first, shared),
+            ("follow_up", follow_up, len(first) + len(completion)),  # the chat's next turn keeps the whole first turn
+        ):
+            got_reused, got = _run(context, ids, completion)
+            assert got_reused == reused, name
+            assert torch.equal(got, fresh[name]), name  # bit for bit: a cached position is what decoding it gives
+    # another control vector drops the cache: every position was decoded under the old one
+    context.steer(vector)
+    context.start(first)
+    context.steer(None)
+    assert context.start(first) == 0
+    # through the public API: the same pair again (both contexts reuse their prompt) gives the same tokens
+    config = GenerationConfig(max_new_tokens=12)
+    pair = [g.token_ids for g in llamacpp.generate([PROMPTS[1], PROMPTS[1]], config, steering=[None, spec])]
+    assert [g.token_ids for g in llamacpp.generate([PROMPTS[1], PROMPTS[1]], config, steering=[None, spec])] == pair
+
+
 @pytest.mark.slow
 @needs_llamacpp
 def test_sampling_settings_map_to_the_reference_sampler(llamacpp) -> None:
