@@ -141,7 +141,7 @@ def test_stats_lines_give_token_counts_and_end_states() -> None:
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny random model and a registry with one vector ``up`` for it (a name the shipped registry does not hold)."""
-    model = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("tiny"))
+    model = build_tiny_checkpoint("llama")
     registry = VectorRegistry(tmp_path_factory.mktemp("registry"))
     vector = torch.randn(128, generator=torch.Generator().manual_seed(0)) * 4.0
     registry.add("up", vector, suggested_layer=1, extra={"suggested_scale": 3.0})

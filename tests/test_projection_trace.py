@@ -263,7 +263,7 @@ def test_vllm_trace_matches_transformers(tmp_path_factory):
 
     if not HAS_VLLM:
         pytest.skip("vllm is not installed")
-    path = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("trace-llama"))
+    path = build_tiny_checkpoint("llama")
     hf = HFSteerModel(str(path), dtype="float32")
     hidden = hf.hidden_size
     g = torch.Generator().manual_seed(0)

@@ -34,7 +34,7 @@ steering_tensor, other_tensor, cap_tensor, ablation_tensor = rand(1), rand(2), r
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return build_tiny_checkpoint("qwen3", tmp_path_factory.mktemp("seed-qwen3"))
+    return build_tiny_checkpoint("qwen3")
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def start(path, ops=("add", "projection_cap", "ablation"), **kwargs):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
 def test_architecture_parity(arch, tmp_path_factory):
-    path = build_tiny_checkpoint(arch, tmp_path_factory.mktemp(arch))
+    path = build_tiny_checkpoint(arch)
     hf = HFSteerModel(str(path), dtype="float32")
     want = [g.token_ids for g in hf.generate(PROMPTS * 4, CFG, steering=[None] * 3 + [s for s in SPECS for _ in range(3)])]
     model = start(path)
@@ -100,7 +100,7 @@ def _engine_death_and_restart(model, hf, want):
 
 def test_bootstrap_layers_and_add_only_layout(tmp_path_factory):
     """An engine hooking only layer 1 with the add-only layout: steers exactly, refuses the rest by name."""
-    path = build_tiny_checkpoint("llama", tmp_path_factory.mktemp("llama-boot"))
+    path = build_tiny_checkpoint("llama")
     model = start(path, ops=("add",), bootstrap_layers=[1])
     try:
         assert model.worker_info["layers"] == [1] and model.worker_info["ops"] == ["add"]

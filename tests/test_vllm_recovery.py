@@ -217,7 +217,7 @@ def gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    return build_tiny_checkpoint("llama", tmp_path_factory.mktemp("recovery-llama"))
+    return build_tiny_checkpoint("llama")
 
 
 @pytest.fixture(scope="module")
