@@ -6,12 +6,17 @@ Usage (from the repository root; not part of the product):
 
 Each candidate runs in its own worker process (:mod:`bench.cpu_worker`; thread settings are process-wide), started
 one after the other so that each engine start is timed alone. Each round then visits the candidates in a fresh random
-order; each candidate times its unsteered pair and its steered pair back to back in random order. The steered pane
-adds a vector and caps a projection on the middle layer (``add_cap``), or only adds (``add``) where the backend
-cannot cap (llama.cpp). Recorded per call: the 1-minute load average before it, the pair's wall time and both panes'
-time to first token (from the start of the pair). The table gives medians over rounds; "steering" is the median over
-rounds of steered / unsteered pair on the same backend, "vs llama.cpp" the median steered pair over the fastest
-llama.cpp reference's median steered pair (the reference runs when llama-cpp-python imports).
+order; each candidate times three pairs back to back, as demo visitors send them: the unsteered and the steered pair on
+a new user prompt, in random order, then the steered pair again on another new prompt. The prompts are the same for
+every candidate. The steered pane adds a vector and caps a projection on the middle layer (``add_cap``), or only adds
+(``add``) where the backend cannot cap (llama.cpp). Recorded per call: the 1-minute load average before it, the
+pair's wall time, both panes' time to first token (from the start of the pair), and whether the steered pane's spec
+and the prompt changed since the candidate's previous call. The table gives medians over rounds; "steering" is the
+median over rounds of steered / unsteered pair on the same prompt, "vs llama.cpp" the median steered pair over the
+fastest llama.cpp reference's median steered pair (the reference runs when llama-cpp-python imports). Time to first
+token of a steered pair is given for a new prompt under an unchanged spec and for a changed spec, since a backend that
+keeps a context's cache (sidesteer's llama.cpp backend) reuses the chat template's system turn only under an unchanged
+control vector; each round has a call of each kind whichever order it drew.
 
 Candidates (``--candidates``): the transformers backend (``hf-*``), llama.cpp itself through llama-cpp-python's C API
 (``llamacpp-ref-*``: the reference, one context, its two generations one after the other) and sidesteer's llama.cpp
@@ -80,10 +85,33 @@ CANDIDATES: dict[str, Candidate] = {
 }
 DEFAULT = ("hf-fp32-t2", "hf-fp32-t1", "llamacpp-ref-t2", "llamacpp-ref-t1", "llamacpp-2x1", "llamacpp-1x2")
 STEERS = ("none", "add_cap", "add")
+# User turns of a demo's visitors, two per round (cycled after 9 rounds): similar lengths, each new to the engine.
+PROMPTS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Describe a busy morning market in a small coastal town, with its sounds and smells.",
+    "Explain to a child why the sky is blue and why sunsets are red.",
+    "Write a letter from a sailor to his family after a long storm at sea.",
+    "Tell me about a robot who learns to paint and what it paints first.",
+    "Give three tips for keeping a small vegetable garden healthy in summer.",
+    "Write a poem about an old bridge that has seen many travellers cross it.",
+    "Describe what a cat might think about during a long rainy afternoon.",
+    "Tell the story of a baker who accidentally invents a new kind of bread.",
+    "Explain how a river changes from its source in the mountains to the sea.",
+    "Write a short dialogue between a librarian and a dragon who wants to borrow a book.",
+    "Describe the first day of a new student at a school for young wizards.",
+    "Write a short review of an imaginary restaurant that only serves soup.",
+    "Explain why bees are important for farms and what happens without them.",
+    "Tell me about a mountain village where it snows all year round.",
+    "Write a speech a captain gives to her crew before their first voyage.",
+    "Describe a train journey across a desert at night under the stars.",
+    "Tell the story of a lost umbrella that travels around the whole city.",
+)
+WARM_UP = "Say hello."
+CALLS = ("none", "steered", "again")  # per candidate and round: unsteered and steered (one prompt), steered (another)
 
 
 def steers(candidate: Candidate) -> tuple[str, str]:
-    """The two pairs a candidate times each round: unsteered, and steered with its op."""
+    """The two ops a candidate times: unsteered, and steered with its op."""
     return ("none", candidate.steer)
 
 
@@ -119,9 +147,9 @@ class Worker:
                 return json.loads(line)
         raise RuntimeError(f"{self.candidate.name}: the worker exited with {self.proc.wait()}")
 
-    def pair(self, steer: str, tokens: int) -> dict[str, Any]:
+    def pair(self, steer: str, tokens: int, prompt: str) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"steer": steer, "tokens": tokens}) + "\n")
+        self.proc.stdin.write(json.dumps({"steer": steer, "tokens": tokens, "prompt": prompt}) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -156,17 +184,33 @@ def run_benchmark(names: list[str], model: str, rounds: int, tokens: int, seed: 
             load = os.getloadavg()[0]
             workers[name] = Worker(CANDIDATES[name], model)
             starts[name] = {"start_s": workers[name].start_s, "load": load}
+        last = {name: ("none", WARM_UP) for name in workers}  # each worker's previous (steer, prompt)
         for worker in workers.values():
-            worker.pair("none", tokens)  # untimed warm-up: first-call allocations, lazy imports
+            worker.pair("none", tokens, WARM_UP)  # untimed warm-up: first-call allocations, lazy imports
         for round_index in range(rounds):
             order = list(workers)
             rng.shuffle(order)
             for name in order:
-                for steer in rng.sample(steers(CANDIDATES[name]), 2):
+                for kind in [*rng.sample(CALLS[:2], 2), CALLS[2]]:
+                    steer = "none" if kind == "none" else CANDIDATES[name].steer
+                    prompt = PROMPTS[(2 * round_index + (kind == "again")) % len(PROMPTS)]
                     load = os.getloadavg()[0]
-                    result = workers[name].pair(steer, tokens)
-                    print(f"round {round_index} {name} {steer}: {result['pair_s']:.2f} s, load {load:.1f}", file=sys.stderr)
-                    calls.append({"round": round_index, "candidate": name, "steer": steer, "load": load, **result})
+                    result = workers[name].pair(steer, tokens, prompt)
+                    print(f"round {round_index} {name} {kind}: {result['pair_s']:.2f} s, load {load:.1f}", file=sys.stderr)
+                    calls.append(
+                        {
+                            "round": round_index,
+                            "candidate": name,
+                            "call": kind,
+                            "steer": steer,
+                            "prompt": prompt,
+                            "spec_changed": steer != last[name][0],
+                            "prompt_changed": prompt != last[name][1],
+                            "load": load,
+                            **result,
+                        }
+                    )
+                    last[name] = (steer, prompt)
     finally:
         for worker in workers.values():
             worker.close()
@@ -177,7 +221,8 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per candidate: medians over rounds, steering cost, ratio to llama.cpp's best pair."""
     rows = []
     for name, start in raw["starts"].items():
-        mine = [c for c in raw["calls"] if c["candidate"] == name]
+        every = [c for c in raw["calls"] if c["candidate"] == name]
+        mine = [c for c in every if c.get("call") != "again"]  # the unsteered and the steered pair of each round
         by_round: dict[int, dict[str, dict[str, Any]]] = {}
         for call in mine:
             by_round.setdefault(call["round"], {})[call["steer"]] = call
@@ -185,7 +230,9 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
         steered = [c["pair_s"] for c in mine if c["steer"] == steer]
         plain = [c["pair_s"] for c in mine if c["steer"] == "none"]
         ratios = [r[steer]["pair_s"] / r["none"]["pair_s"] for r in by_round.values() if len(r) == 2]
-        ttft = [max(c["ttft_s"]) for c in mine if c["steer"] == steer]
+        steered_calls = [c for c in every if c["steer"] == steer]
+        same_spec = [max(c["ttft_s"]) for c in steered_calls if not c.get("spec_changed", True) and c.get("prompt_changed")]
+        new_spec = [max(c["ttft_s"]) for c in steered_calls if c.get("spec_changed", True)]
         rows.append(
             {
                 "candidate": name,
@@ -195,9 +242,10 @@ def summarize(raw: dict[str, Any]) -> list[dict[str, Any]]:
                 "steered_pair_s": statistics.median(steered),
                 "steered_pair_range": (min(steered), max(steered)),
                 "plain_pair_s": statistics.median(plain),
-                "ttft_s": statistics.median(ttft),
+                "ttft_s": statistics.median(new_spec),
+                "ttft_same_spec_s": statistics.median(same_spec) if same_spec else None,
                 "steering_pct": 100 * (statistics.median(ratios) - 1),
-                "load": statistics.median(c["load"] for c in mine),
+                "load": statistics.median(c["load"] for c in every),
             }
         )
     reference = [r["steered_pair_s"] for r in rows if CANDIDATES[r["candidate"]].backend == "llamacpp-ref"]
@@ -213,17 +261,19 @@ def markdown(raw: dict[str, Any]) -> str:
     head = (
         f"{raw['tokens']} + {raw['tokens']} tokens, greedy, model `{raw['model']}`, {raw['rounds']} interleaved rounds, "
         f"{raw['cpus']} CPUs; 1-minute load average during the timed calls {min(loads):.1f}-{max(loads):.1f}.\n\n"
-        "| candidate | engine start s | compare pair s, steered (min-max) | unsteered pair s | TTFT both panes s | "
-        "steering cost (op) | vs llama.cpp | load |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| candidate | engine start s | compare pair s, steered (min-max) | unsteered pair s | "
+        "TTFT both panes s: new prompt, same spec | TTFT: new spec | steering cost (op) | vs llama.cpp | load |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
         low, high = r["steered_pair_range"]
         vs = f"{r['vs_llamacpp']:.2f}x" if r["vs_llamacpp"] is not None else "-"
         steering = f"{r['steering_pct']:+.1f}% ({r['steer'].replace('_', '+')})"
+        same = f"{r['ttft_same_spec_s']:.3f}" if r["ttft_same_spec_s"] is not None else "-"
         lines.append(
             f"| {r['label']} | {r['start_s']:.1f} | {r['steered_pair_s']:.2f} ({low:.2f}-{high:.2f}) | "
-            f"{r['plain_pair_s']:.2f} | {r['ttft_s']:.3f} | {steering} | {vs} | {r['load']:.1f} |"
+            f"{r['plain_pair_s']:.2f} | {same} | {r['ttft_s']:.3f} | {steering} | {vs} | {r['load']:.1f} |"
         )
     return head + "\n".join(lines) + "\n"
 

@@ -3,7 +3,8 @@
 Run by :mod:`bench.cpu_pair` (never by the product) as ``python -m bench.cpu_worker CANDIDATE_JSON``; a process per
 candidate because thread settings (``OMP_WAIT_POLICY``, torch and llama.cpp threads) are process-wide. Protocol, one
 JSON object per line: the worker prints ``{"start_s": ...}`` once its engine is loaded, then answers each line
-``{"steer": "none"|"add"|"add_cap", "tokens": N}`` on stdin with ``{"pair_s": ..., "ttft_s": [baseline, steered]}``.
+``{"steer": "none"|"add"|"add_cap", "tokens": N, "prompt": TEXT}`` on stdin (``prompt``: the user turn, optional) with
+``{"pair_s": ..., "ttft_s": [baseline, steered]}``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper who finds a message in a bottle."}]
+PROMPT_TEXT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 STEER_LAYER_FRACTION = 0.5  # the middle layer, as the app's quick mode suggests
 
 
@@ -53,15 +54,16 @@ class SidesteerPair:
             self.engine = HFSteerModel(candidate["model"], dtype=candidate["dtype"])
         self.specs = {s: pair_spec(self.engine.num_layers, self.engine.hidden_size, s) for s in ("add", "add_cap")}
 
-    def pair(self, steer: str, tokens: int) -> dict[str, Any]:
+    def pair(self, steer: str, tokens: int, prompt: str = PROMPT_TEXT) -> dict[str, Any]:
         from engine.generation import GenerationConfig
 
         config = GenerationConfig(max_new_tokens=tokens, ignore_eos=True)
         specs = [None, self.specs.get(steer)]
         ttft: list[float | None] = [None, None]
         counts = [0, 0]
+        chat = [{"role": "user", "content": prompt}]
         start = time.perf_counter()
-        for event in self.engine.generate_stream([PROMPT, PROMPT], config, steering=specs):
+        for event in self.engine.generate_stream([chat, chat], config, steering=specs):
             if ttft[event.index] is None:
                 ttft[event.index] = time.perf_counter() - start
             counts[event.index] = len(event.token_ids)
@@ -100,8 +102,7 @@ class LlamaCppPair:
         cparams.n_ctx, cparams.n_batch, cparams.n_threads, cparams.n_threads_batch = 512, 512, threads, threads
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         self.sampler = llama_cpp.llama_sampler_init_greedy()
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(candidate["model"]))
-        self.prompt_ids = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_dict=False))
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(candidate["model"]))
         self.n_embd = llama_cpp.llama_model_n_embd(self.model)
         layers = llama_cpp.llama_model_n_layer(self.model)
         self.vector = control_vector(pair_spec(layers, self.n_embd, "add"), layers, self.n_embd)
@@ -116,15 +117,17 @@ class LlamaCppPair:
         data = v.data.ctypes.data_as(self.ctypes.POINTER(self.ctypes.c_float)) if on else None
         self.lib.llama_set_adapter_cvec(self.ctx, data, v.data.size if on else 0, self.n_embd, v.il_start, v.il_end)
 
-    def pair(self, steer: str, tokens: int) -> dict[str, Any]:
+    def pair(self, steer: str, tokens: int, prompt: str = PROMPT_TEXT) -> dict[str, Any]:
         ttft: list[float | None] = [None, None]
-        start = time.perf_counter()
+        start = time.perf_counter()  # tokenizing is part of a request, as in the backends
+        chat = [{"role": "user", "content": prompt}]
+        prompt_ids = list(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False))
         for pane in range(2):
             steered = pane == 1 and steer != "none"
             if steered:
                 self._steer(True)
             self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
-            self._decode(self.prompt_ids)
+            self._decode(prompt_ids)
             for step in range(tokens):
                 token = self.lib.llama_sampler_sample(self.sampler, self.ctx, -1)  # greedy; end-of-sequence ignored
                 if step == 0:
@@ -143,7 +146,8 @@ def main(argv: list[str]) -> int:
     print(json.dumps({"start_s": time.perf_counter() - start}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
-        print(json.dumps(runner.pair(request["steer"], int(request["tokens"]))), flush=True)
+        prompt = str(request.get("prompt") or PROMPT_TEXT)
+        print(json.dumps(runner.pair(request["steer"], int(request["tokens"]), prompt)), flush=True)
     return 0
 
 
