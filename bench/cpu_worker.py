@@ -47,7 +47,9 @@ class SidesteerPair:
             from engine.llamacpp_backend import LlamaCppSteerModel
 
             threads = int(candidate.get("threads") or 1)
-            self.engine = LlamaCppSteerModel(candidate["model"], threads=threads, parallel=int(candidate.get("parallel") or 1))
+            weights = {"q8_0": "q8_0", "q4_1": "file"}.get(candidate.get("dtype") or "", "auto")
+            parallel = int(candidate.get("parallel") or 1)
+            self.engine = LlamaCppSteerModel(candidate["model"], threads=threads, parallel=parallel, weights=weights)
         else:
             from engine import HFSteerModel
 
