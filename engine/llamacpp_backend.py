@@ -237,6 +237,7 @@ def q8_0_copy(source: Path, threads: int = 1) -> Path:
             raise SteeringError(
                 f"model: llama.cpp could not write a Q8_0 copy of {str(source)!r} (return code {rc}); pass weights='file'"
             )
+        os.chmod(partial, 0o644)  # as any cached file (mkstemp made it private)
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):

@@ -188,6 +188,7 @@ def test_q8_0_copy_is_written_once_into_the_cache(tmp_path: Path, monkeypatch: p
         copy.parent == tmp_path / "gguf" and copy.name.startswith("SmolLM2-135M-Instruct.") and copy.name.endswith(".Q8_0.gguf")
     )
     assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no temporary file left behind
+    assert copy.stat().st_mode & 0o777 == 0o644
     reader = gguf.GGUFReader(copy)
     assert reader.fields["general.file_type"].parts[-1][0] == gguf.LlamaFileType.MOSTLY_Q8_0
     written = copy.stat().st_mtime_ns
