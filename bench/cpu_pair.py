@@ -207,8 +207,9 @@ def run_benchmark(names: list[str], model: str, rounds: int, tokens: int, seed: 
             order = list(workers)
             rng.shuffle(order)
             for name in order:
+                unsteered, steered = steers(CANDIDATES[name])
                 for kind in [*rng.sample(CALLS[:2], 2), CALLS[2]]:
-                    steer = "none" if kind == "none" else CANDIDATES[name].steer
+                    steer = unsteered if kind == "none" else steered
                     prompt = PROMPTS[(2 * round_index + (kind == "again")) % len(PROMPTS)]
                     load = os.getloadavg()[0]
                     result = workers[name].pair(steer, tokens, prompt)

@@ -32,6 +32,7 @@ in its quantised matrix products, so greedy tokens follow the transformers backe
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -189,6 +190,12 @@ class _Library:
             )
         llama_cpp.llama_backend_init()
 
+    @staticmethod
+    @functools.cache
+    def get() -> _Library:
+        """The process's one instance (llama.cpp's backend is initialised once; an error is raised again each call)."""
+        return _Library()
+
     def clear_memory(self, ctx: Any) -> None:
         lib = self.lib
         if hasattr(lib, "llama_memory_clear"):
@@ -227,7 +234,7 @@ def q8_0_copy(source: Path, threads: int = 1) -> Path:
     fd, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".gguf", dir=target.parent)
     os.close(fd)
     try:
-        lib = _Library().lib
+        lib = _Library.get().lib
         params = lib.llama_model_quantize_default_params()
         params.ftype = lib.LLAMA_FTYPE_MOSTLY_Q8_0
         params.allow_requantize = True
@@ -397,7 +404,7 @@ class LlamaCppSteerModel(SteerableModel):
         self.gguf = gguf_source() if is_default(model_name_or_path) else Path(model_name_or_path)
         if not self.gguf.is_file():
             raise SteeringError(f"model: {str(self.gguf)!r} is not a file; pass the path of a .gguf file")
-        self._lib = _Library()
+        self._lib = _Library.get()
         if weights == "q8_0" or (weights == "auto" and is_default(model_name_or_path)):
             self.weights_file = q8_0_copy(self.gguf, threads)
         else:

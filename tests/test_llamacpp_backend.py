@@ -126,16 +126,21 @@ def _reference_logits(hf, ids: list[int], spec: SteeringSpec | None) -> torch.Te
         return hf.model(torch.tensor([ids], device=hf.device)).logits[0].float().cpu()
 
 
-def _llamacpp_logits(model, prompt: list[int], completion: list[int], spec: SteeringSpec | None) -> torch.Tensor:
-    """``[len(completion) + 1, vocab]`` llama.cpp's logits after the prompt and after each completion token."""
-    context = model._pool(1)[0]
-    context.steer(None if spec is None else control_vector(spec, model.num_layers, model.hidden_size))
-    context.start(prompt)
+def _run(context, prompt: list[int], completion: list[int]) -> tuple[int, torch.Tensor]:
+    """(prompt tokens reused, ``[len(completion) + 1, vocab]`` logits) of ``prompt`` then ``completion`` on ``context``."""
+    reused = context.start(prompt)
     rows = [context.logits()]
     for token in completion:
         context.decode([token])
         rows.append(context.logits())
-    return torch.stack(rows)
+    return reused, torch.stack(rows)
+
+
+def _llamacpp_logits(model, prompt: list[int], completion: list[int], spec: SteeringSpec | None) -> torch.Tensor:
+    """``[len(completion) + 1, vocab]`` llama.cpp's logits after the prompt and after each completion token."""
+    context = model._pool(1)[0]
+    context.steer(None if spec is None else control_vector(spec, model.num_layers, model.hidden_size))
+    return _run(context, prompt, completion)[1]
 
 
 def _compare(hf, model, prompt, spec: SteeringSpec | None, reference_spec: SteeringSpec | None = None):
@@ -256,16 +261,6 @@ def test_pair_runs_concurrently_with_the_results_of_single_calls(llamacpp) -> No
     # three prompts on two contexts: the third waits for a free context and still gets its own result
     three = llamacpp.generate([PROMPTS[1], PROMPTS[0], PROMPTS[0]], config, steering=[None, None, spec])
     assert [g.token_ids for g in three[1:]] == [g.token_ids for g in pair]
-
-
-def _run(context, prompt: list[int], completion: list[int]) -> tuple[int, torch.Tensor]:
-    """(prompt tokens reused, ``[len(completion) + 1, vocab]`` logits) of ``prompt`` then ``completion`` on ``context``."""
-    reused = context.start(prompt)
-    rows = [context.logits()]
-    for token in completion:
-        context.decode([token])
-        rows.append(context.logits())
-    return reused, torch.stack(rows)
 
 
 @pytest.mark.slow
