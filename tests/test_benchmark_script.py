@@ -29,8 +29,12 @@ ARGV = [
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("bench-work")
+def work() -> Path:
+    """The benchmark's --work-dir, where it builds random:qwen3-tiny: a stable folder in the user's cache, so vLLM's
+    compile cache (keyed by the model's path) serves both engines' graphs to every later run."""
+    from engine.default_model import cache_dir
+
+    return cache_dir() / "test-models" / "bench-work"
 
 
 @pytest.fixture(scope="module")

@@ -120,3 +120,28 @@ def test_skip_first_tokens_reaches_every_spec_and_the_check_passes(pair):
     assert all(specs[n].fingerprint() != plain[n].fingerprint() for n in SPEC_NAMES)
     report = run_parity(ref, cand, specs, PROMPTS, TOKENS)
     assert report["failures"] == [] and report["ok"] is True
+
+
+def test_random_model_folder_is_built_once_and_whole(tmp_path):
+    """build_random_model writes into a temporary folder and renames it: a second call reuses the folder, nothing
+    temporary is left, and a leftover folder without config.json is named instead of being taken for a model."""
+    from engine.default_model import resolve_model_path
+    from sidesteer.random_model import build_random_model
+
+    tok = resolve_model_path("default")
+    path = build_random_model("qwen3-tiny", tok, str(tmp_path), "float32")
+    assert path == str(tmp_path / "random-qwen3-tiny-float32")
+    made = (tmp_path / "random-qwen3-tiny-float32" / "config.json").stat().st_mtime_ns
+    assert build_random_model("qwen3-tiny", tok, str(tmp_path), "float32") == path
+    assert (tmp_path / "random-qwen3-tiny-float32" / "config.json").stat().st_mtime_ns == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random-qwen3-tiny-float32"]
+    assert {"config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "random-qwen3-tiny-float32").iterdir()}
+    (tmp_path / "random-qwen3-tiny-bfloat16").mkdir()
+    (tmp_path / "random-qwen3-tiny-bfloat16" / "junk").write_text("x")
+    with pytest.raises(RuntimeError) as info:
+        build_random_model("qwen3-tiny", tok, str(tmp_path), "bfloat16")
+    assert str(info.value) == (
+        f"{tmp_path / 'random-qwen3-tiny-bfloat16'}: a folder without config.json is in the way (an older, unfinished "
+        "build?); remove it"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["random-qwen3-tiny-bfloat16", "random-qwen3-tiny-float32"]

@@ -256,13 +256,11 @@ def test_vllm_prefix_sums_give_rows_and_spec_below_keeps_earlier_layers():
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_trace_matches_transformers(tmp_path_factory):
-    """The vLLM trace (prefix captures + the hooks' math) equals the transformers trace (hooks) on one tiny Llama."""
-    from engine import VLLMSteeringConfig, VLLMSteerModel
-    from tests.conftest import HAS_VLLM, build_tiny_checkpoint
+def test_vllm_trace_matches_transformers(vllm_tiny_llama):
+    """The vLLM trace (prefix captures + the hooks' math) equals the transformers trace (hooks) on one tiny Llama (the
+    session's engine on it, capture on)."""
+    from tests.conftest import build_tiny_checkpoint
 
-    if not HAS_VLLM:
-        pytest.skip("vllm is not installed")
     path = build_tiny_checkpoint("llama")
     hf = HFSteerModel(str(path), dtype="float32")
     hidden = hf.hidden_size
@@ -274,21 +272,16 @@ def test_vllm_trace_matches_transformers(tmp_path_factory):
     ordered = sorted(probe.pre[1:])
     middle = (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2  # between two tokens: no knife edge
     cap = SteeringSpec({2: LayerSteeringSpec(projection_cap=ProjectionCapSpec(u2, None, middle))}, skip_first_tokens=1)
-    config = VLLMSteeringConfig(model_name=str(path), dtype="float32", max_model_len=512, max_slots=4, capture=True,
-                                engine_kwargs={"kv_cache_memory_bytes": 64 << 20})  # fmt: skip
-    model = VLLMSteerModel(config)
-    try:
-        for spec, layer in ((add, 2), (add, 0), (cap, 2)):
-            want = hf.trace_projection("Tell me a story.", "Once upon a time", spec, layer=layer)
-            got = model.trace_projection("Tell me a story.", "Once upon a time", spec, layer=layer)
-            assert (got.token_ids, got.tokens, got.prompt_len, got.op) == (want.token_ids, want.tokens, want.prompt_len, want.op)
-            scale = max(abs(x) for x in want.pre[1:])
-            assert got.pre == pytest.approx(want.pre, abs=1e-4 * scale)
-            assert got.post == pytest.approx(want.post, abs=1e-4 * scale)
-            assert got.clamped == want.clamped
-        assert 0 < want.num_clamped < len(want.pre)  # the cap case clamps some tokens, not all
-    finally:
-        model.close()
+    model = vllm_tiny_llama
+    for spec, layer in ((add, 2), (add, 0), (cap, 2)):
+        want = hf.trace_projection("Tell me a story.", "Once upon a time", spec, layer=layer)
+        got = model.trace_projection("Tell me a story.", "Once upon a time", spec, layer=layer)
+        assert (got.token_ids, got.tokens, got.prompt_len, got.op) == (want.token_ids, want.tokens, want.prompt_len, want.op)
+        scale = max(abs(x) for x in want.pre[1:])
+        assert got.pre == pytest.approx(want.pre, abs=1e-4 * scale)
+        assert got.post == pytest.approx(want.post, abs=1e-4 * scale)
+        assert got.clamped == want.clamped
+    assert 0 < want.num_clamped < len(want.pre)  # the cap case clamps some tokens, not all
 
 
 # -- the UI view ---------------------------------------------------------------------------------------------------

