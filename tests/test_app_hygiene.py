@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import httpx
@@ -286,3 +287,63 @@ def test_a_test_that_changes_the_checkout_fails_the_session(tmp_path):
     assert " M tracked.txt" in out.splitlines() and "1 passed" in out  # the test itself passed; the session failed
     assert results["repo", "test_clean.py"][0] == 0, results["repo", "test_clean.py"][1]
     assert results["plain", "test_dirty.py"][0] == 0  # outside a git checkout: no check
+
+
+# -- how `make test` spreads the suite over xdist workers (tests/conftest.py) --------------------------------------
+class FakeItem:
+    def __init__(self, nodeid: str, fixturenames=(), marks=()) -> None:
+        self.nodeid, self.fixturenames, self.marks = nodeid, list(fixturenames), set(marks)
+
+    def get_closest_marker(self, name: str):
+        return name if name in self.marks else None
+
+
+class FakeConfig:
+    def __init__(self, dist: str) -> None:
+        self.option = SimpleNamespace(dist=dist, loadscopereorder=True, numprocesses=2, tx=["2*popen"], maxprocesses=None)
+        self.cache = None
+
+    def getvalue(self, name: str):
+        return getattr(self.option, name)
+
+
+def test_a_module_using_a_session_engine_must_be_listed_to_be_collected():
+    from tests import conftest
+
+    listed = [FakeItem("tests/test_vllm_backend.py::test_x", ["vllm_default"])]
+    conftest.pytest_collection_modifyitems(FakeConfig("no"), listed)  # listed: collected as usual
+    with pytest.raises(pytest.UsageError) as info:
+        conftest.pytest_collection_modifyitems(FakeConfig("no"), [FakeItem("tests/test_new.py::test_y", ["vllm_default"])])
+    assert str(info.value) == (
+        "tests/test_new.py uses the session engine vllm_default: add it to SESSION_ENGINE_MODULES in tests/conftest.py "
+        "(under xdist its tests must run on the worker that holds the engine)"
+    )
+
+
+def test_xdist_units_keep_a_session_engines_modules_together_and_longest_first(monkeypatch):
+    from tests import conftest
+
+    scheduler = conftest.pytest_xdist_make_scheduler(FakeConfig("loadfile"), None)
+    scopes = {
+        scheduler._split_scope(n)
+        for n in ("tests/test_app_vllm.py::test_a", "tests/test_vllm_backend.py::test_b[x]", "tests/test_rollouts.py::test_c")
+    }
+    assert scopes == {"vllm_default"}
+    assert scheduler._split_scope("tests/test_spec.py::test_d") == "tests/test_spec.py"
+    assert scheduler.config.option.loadscopereorder is False  # xdist's own order (by test count) would replace ours
+    assert conftest.pytest_xdist_make_scheduler(FakeConfig("load"), None) is None  # other modes stay xdist's
+    monkeypatch.setattr(conftest, "XDIST_WORKER", "gw0")
+    items = [
+        FakeItem("tests/test_spec.py::test_a"),
+        FakeItem("tests/test_new_browser.py::test_b", marks={"browser"}),
+        FakeItem("tests/test_vllm_backend.py::test_c", ["vllm_default"], {"vllm"}),
+        FakeItem("tests/test_spaces_build.py::test_d", marks={"slow"}),
+    ]
+    conftest.pytest_collection_modifyitems(FakeConfig("loadfile"), items)
+    # vllm_default and the Spaces build by tests/unit_seconds.json, then by their marks: browser (60 s), the rest (5 s)
+    assert [i.nodeid for i in items] == [
+        "tests/test_vllm_backend.py::test_c",
+        "tests/test_spaces_build.py::test_d",
+        "tests/test_new_browser.py::test_b",
+        "tests/test_spec.py::test_a",
+    ]
