@@ -1,11 +1,12 @@
 """The browser path of ``python -m bench ui``: the app's Compare in headless Chromium, timed in the page itself.
 
 Debian's ``chromium`` driven by Playwright, with the flags the browser tests use (tests/conftest.py). Each call opens
-a fresh page (empty panes), waits until the page shows the wanted vector, layer, scale and token count, then clicks
-Generate. A script in the page stamps ``performance.now()`` at the click (a capture listener on the button), when
-each pane's textarea first holds text, and when both stats lines say the run ended; it polls the DOM every
-:data:`POLL_MS` ms (a textarea's value changes without a DOM mutation), so page times have that resolution. The poll
-reads ``value`` and ``textContent`` only, which force no layout: the page's own rendering is what gets measured.
+a fresh page (empty panes), waits until the page shows the wanted vector, layer, scale and token count (a slider that
+does not show the vector's default within :data:`SETTLE_TIMEOUT_MS` gets the value typed in), then clicks Generate. A
+script in the page stamps ``performance.now()`` at the click (a capture listener on the button), when each pane's
+textarea first holds text, and when both stats lines say the run ended; it polls the DOM every :data:`POLL_MS` ms (a
+textarea's value changes without a DOM mutation), so page times have that resolution. The poll reads ``value`` and
+``textContent`` only, which force no layout: the page's own rendering is what gets measured.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ CHROMIUM_ARGS = [  # the browser tests (tests/conftest.py) launch it with these 
 ]
 POLL_MS = 5
 PREPARE_TIMEOUT_MS = 120_000  # loading the page and setting the controls (the run itself gets timeout_s)
+SETTLE_TIMEOUT_MS = 20_000  # a slider not showing the vector's default by then gets the value typed in
 SIDES = ("baseline", "steered")
+SHOWN = {"vector": "", "layer": "[type=number]", "scale": "[type=number]"}  # the quick setup's inputs, by elem_id
 # A pane's stats line once its row ended (app.sides.Pane.stats): "64 tokens · 9.1 s · 7.0 tok/s · hit max tokens".
 DONE = r"\d+ tokens · .* · (hit max tokens|finished)"
 
@@ -91,11 +94,7 @@ class BrowserPath:
             page.locator("#vector input").click()
             page.get_by_role("option", name=self.vector, exact=True).click()
         for elem_id, want in (("layer", float(self.layer)), ("scale", float(self.scale))):
-            page.wait_for_function(
-                "([sel, want]) => Number(document.querySelector(sel)?.value) === want",
-                arg=[f"#{elem_id} input[type=number]", want],
-                polling=100,
-            )
+            self._settle(page, elem_id, want)
         box = page.locator("#max-new-tokens input[type=number]")
         if not box.count():  # inside a closed accordion, which Gradio renders only once opened
             page.get_by_text("Prompt options and sampling").click()
@@ -107,6 +106,34 @@ class BrowserPath:
                 arg=["#max-new-tokens input[type=number]", str(self.tokens)],
                 polling=100,
             )
+
+    def _settle(self, page: Any, elem_id: str, want: float) -> None:
+        """Wait until slider ``elem_id`` shows ``want`` (the vector's default); type it in when the page does not.
+
+        Raises:
+            RuntimeError: The slider still shows another value after :data:`PREPARE_TIMEOUT_MS`; names what the page
+                shows.
+        """
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        sel = f"#{elem_id} input[type=number]"
+        check = "([sel, want]) => Number(document.querySelector(sel)?.value) === want"
+        try:
+            page.wait_for_function(check, arg=[sel, want], polling=100, timeout=SETTLE_TIMEOUT_MS)
+            return
+        except PlaywrightTimeout:
+            pass
+        box = page.locator(sel)
+        box.fill(f"{want:g}")
+        box.press("Tab")
+        try:
+            page.wait_for_function(check, arg=[sel, want], polling=100)
+        except PlaywrightTimeout:
+            shown = {name: page.locator(f"#{name} input{kind}").input_value() for name, kind in SHOWN.items()}
+            raise RuntimeError(
+                f"browser path: the page's {elem_id} stays {shown[elem_id]!r}, not {want:g}, after typing it in "
+                f"(the page shows {shown}); see the app log"
+            ) from None
 
     def compare(self, meter: Any) -> dict[str, Any]:
         """Click Generate on a fresh page; times are seconds from the click, as the page saw them.

@@ -125,6 +125,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
         totals[unit_of(item.nodeid)] = totals.get(unit_of(item.nodeid), 0.0) + time.perf_counter() - start
 
 
+@pytest.hookimpl(optionalhook=True)  # a run with -p no:xdist has no such hook
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``--dist loadfile`` with the modules of one session engine as one unit (see SESSION_ENGINE_MODULES); the units go
     to the workers in collection order. Other --dist modes are xdist's own."""

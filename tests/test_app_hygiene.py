@@ -347,3 +347,15 @@ def test_xdist_units_keep_a_session_engines_modules_together_and_longest_first(m
         "tests/test_new_browser.py::test_b",
         "tests/test_spec.py::test_a",
     ]
+
+
+def test_the_suite_collects_without_xdist():
+    """``-p no:xdist`` (one plain pytest process) must not trip over the conftest's xdist hook."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:xdist", "--collect-only", "-q", "tests/test_spec.py"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert re.search(r"^\d+ tests collected", run.stdout, re.M)

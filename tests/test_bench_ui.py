@@ -3,6 +3,7 @@ and a tiny end-to-end run (the app in its own process on a tiny model) whose rec
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,13 @@ def check_run(raw: dict, paths: list[str], rounds: int, tokens: int) -> None:
 def test_tiny_run_through_the_app_api_agrees_with_the_engine(tiny_setup: tuple[Path, Path]) -> None:
     model, registry = tiny_setup
     raw = ui_stream.run_benchmark(
-        ["direct", "client"], model=str(model), vector="up", registry=registry, rounds=1, tokens=3, log=lambda _: None
+        ["direct", "client"],
+        model=str(model),
+        vector="up",
+        registry=registry,
+        rounds=1,
+        tokens=3,
+        log=lambda line: print(line, file=sys.stderr),  # shown when it fails
     )
     check_run(raw, ["direct", "client"], rounds=1, tokens=3)
 
@@ -183,7 +190,13 @@ def test_tiny_run_in_the_browser_agrees_with_the_engine(tiny_setup: tuple[Path, 
         pytest.skip("system chromium is not installed (apt-get install chromium)")
     model, registry = tiny_setup
     raw = ui_stream.run_benchmark(
-        ["direct", "browser"], model=str(model), vector="up", registry=registry, rounds=1, tokens=3, log=lambda _: None
+        ["direct", "browser"],
+        model=str(model),
+        vector="up",
+        registry=registry,
+        rounds=1,
+        tokens=3,
+        log=lambda line: print(line, file=sys.stderr),  # shown when it fails
     )
     check_run(raw, ["direct", "browser"], rounds=1, tokens=3)
 
@@ -193,3 +206,38 @@ def test_a_vector_without_suggested_scale_is_refused(tiny_setup: tuple[Path, Pat
     VectorRegistry(tmp_path).add("bare", torch.ones(128), suggested_layer=1)
     with pytest.raises(SteeringError, match=r"--vector: 'bare' has no suggested layer and scale; pick a vector that has both"):
         ui_stream.DirectPath("hf", str(model), tmp_path, "bare", tokens=2, seed=0)
+
+
+@pytest.mark.browser
+def test_the_browser_path_types_in_a_slider_value_the_page_does_not_show(
+    tiny_setup: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layer 2 is not vector up's default (1): typed in after the settle wait; layer 9 the page snaps to 3: named."""
+    pytest.importorskip("playwright.sync_api")
+    from bench import ui_browser
+
+    if not Path(ui_browser.CHROMIUM).exists():
+        pytest.skip("system chromium is not installed (apt-get install chromium)")
+    model, registry = tiny_setup
+    monkeypatch.setattr(ui_browser, "SETTLE_TIMEOUT_MS", 1_000)
+    server = ui_stream.AppServer("hf", str(model), registry, tmp_path / "app.log")
+    browser = None
+    try:
+        browser = ui_browser.BrowserPath(server.url, "up", layer=2, scale=3.0, tokens=3)
+        page = browser.browser.new_page()
+        browser._prepare(page)
+        shown = [page.locator(f"#{name} input[type=number]").input_value() for name in ("layer", "scale", "max-new-tokens")]
+        assert shown == ["2", "3", "3"]
+        monkeypatch.setattr(ui_browser, "PREPARE_TIMEOUT_MS", 3_000)
+        browser.layer = 9
+        page = browser.browser.new_page()
+        with pytest.raises(RuntimeError) as exc:
+            browser._prepare(page)
+        assert str(exc.value) == (
+            "browser path: the page's layer stays '3', not 9, after typing it in "
+            "(the page shows {'vector': 'up', 'layer': '3', 'scale': '3'}); see the app log"
+        )
+    finally:
+        if browser is not None:
+            browser.close()
+        server.close()
