@@ -228,11 +228,9 @@ def test_the_browser_path_types_in_a_slider_value_the_page_does_not_show(
         browser._prepare(page)
         shown = [page.locator(f"#{name} input[type=number]").input_value() for name in ("layer", "scale", "max-new-tokens")]
         assert shown == ["2", "3", "3"]
-        monkeypatch.setattr(ui_browser, "PREPARE_TIMEOUT_MS", 3_000)
-        browser.layer = 9
-        page = browser.browser.new_page()
+        page.set_default_timeout(3_000)  # the page is loaded: the typed-in 9 snaps to 3 within this
         with pytest.raises(RuntimeError) as exc:
-            browser._prepare(page)
+            browser._settle(page, "layer", 9.0)
         assert str(exc.value) == (
             "browser path: the page's layer stays '3', not 9, after typing it in "
             "(the page shows {'vector': 'up', 'layer': '3', 'scale': '3'}); see the app log"
