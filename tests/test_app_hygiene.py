@@ -267,19 +267,19 @@ def run_guarded(folder: Path, test_file: str) -> subprocess.Popen[str]:
 def test_a_test_that_changes_the_checkout_fails_the_session(tmp_path):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
     runs = {}
-    for kind in ("repo", "plain"):
-        folder = tmp_path / kind
+    # each run in its own folder: they run at once, and the dirty run's write must not reach the clean run's checkout
+    for kind, name in (("repo", "test_dirty.py"), ("repo", "test_clean.py"), ("plain", "test_dirty.py")):
+        folder = tmp_path / f"{kind}-{name[:-3]}"
         folder.mkdir()
         (folder / "tracked.txt").write_text("original")
-        for name, code in GUARD_TESTS.items():
-            (folder / name).write_text(code)
+        for test_file, code in GUARD_TESTS.items():
+            (folder / test_file).write_text(code)
         if kind == "repo":
             subprocess.run([*git, "init", "-q"], cwd=folder, check=True)
             subprocess.run([*git, "add", "."], cwd=folder, check=True)
             subprocess.run([*git, "commit", "-q", "-m", "seed"], cwd=folder, check=True)
             (folder / "tracked.txt").write_text("edited before the run")  # already dirty: a further change counts too
-        for name in GUARD_TESTS if kind == "repo" else ["test_dirty.py"]:
-            runs[kind, name] = run_guarded(folder, name)
+        runs[kind, name] = run_guarded(folder, name)
     results = {key: (proc.wait(timeout=300), proc.stdout.read()) for key, proc in runs.items()}
     code, out = results["repo", "test_dirty.py"]
     assert code == 1, out

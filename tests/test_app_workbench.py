@@ -246,17 +246,27 @@ def test_layer_takes_whole_numbers_within_the_model(page, hf_default, url):
 
 
 def export_and_import(page, tmp_path, vector: str) -> str:
+    """Export the quick setup with ``vector``, import the file, and return the spec editor's text.
+
+    A second call on the same page waits for this call's own link and status: the previous export's link and
+    "Imported" line are still on the page until the new ones replace them."""
     pick(page, "vector", vector)
     page.get_by_role("tab", name="Spec files").click()
+    links = page.locator("#export-file a")
+    before = links.first.get_attribute("href") if links.count() else None
     page.locator("#export-spec").click()
-    link = page.locator("#export-file a").first
-    link.wait_for()
+    page.wait_for_function(
+        "old => { const a = document.querySelector('#export-file a'); return a && a.getAttribute('href') !== old; }", arg=before
+    )
     with page.expect_download() as info:
-        link.click()
+        links.first.click()
     downloaded = tmp_path / f"{vector}.safetensors"
     info.value.save_as(downloaded)
     page.locator("#import-file input[type=file]").set_input_files(str(downloaded))
-    page.locator("#import-status").get_by_text("Imported").wait_for()
+    page.wait_for_function(
+        "name => (document.querySelector('#import-status')?.textContent ?? '').includes(`Imported ${name}:`)",
+        arg=downloaded.name,
+    )
     page.get_by_role("tab", name="Compare").click()
     page.wait_for_function("n => (document.querySelector('#spec-editor')?.textContent ?? '').includes(n)", arg=vector)
     return page.evaluate("() => document.querySelector('#spec-editor').textContent")
