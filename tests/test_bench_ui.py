@@ -167,18 +167,24 @@ def check_run(raw: dict, paths: list[str], rounds: int, tokens: int) -> None:
     assert [row.split(" | ")[-2] for row in rows] == [f"{rounds}/{rounds}"] * len(paths)  # same output as direct
 
 
-def test_tiny_run_through_the_app_api_agrees_with_the_engine(tiny_setup: tuple[Path, Path]) -> None:
+def run_and_check_tiny(tiny_setup: tuple[Path, Path], paths: list[str]) -> None:
+    """One round of 3 tokens over ``paths`` on the tiny model and vector ``up``; its log goes to stderr (shown when a
+    test fails, with the app log's tail)."""
     model, registry = tiny_setup
     raw = ui_stream.run_benchmark(
-        ["direct", "client"],
+        paths,
         model=str(model),
         vector="up",
         registry=registry,
         rounds=1,
         tokens=3,
-        log=lambda line: print(line, file=sys.stderr),  # shown when it fails
+        log=lambda line: print(line, file=sys.stderr),
     )
-    check_run(raw, ["direct", "client"], rounds=1, tokens=3)
+    check_run(raw, paths, rounds=1, tokens=3)
+
+
+def test_tiny_run_through_the_app_api_agrees_with_the_engine(tiny_setup: tuple[Path, Path]) -> None:
+    run_and_check_tiny(tiny_setup, ["direct", "client"])
 
 
 @pytest.mark.browser
@@ -188,17 +194,7 @@ def test_tiny_run_in_the_browser_agrees_with_the_engine(tiny_setup: tuple[Path, 
 
     if not Path(CHROMIUM).exists():
         pytest.skip("system chromium is not installed (apt-get install chromium)")
-    model, registry = tiny_setup
-    raw = ui_stream.run_benchmark(
-        ["direct", "browser"],
-        model=str(model),
-        vector="up",
-        registry=registry,
-        rounds=1,
-        tokens=3,
-        log=lambda line: print(line, file=sys.stderr),  # shown when it fails
-    )
-    check_run(raw, ["direct", "browser"], rounds=1, tokens=3)
+    run_and_check_tiny(tiny_setup, ["direct", "browser"])
 
 
 def test_a_vector_without_suggested_scale_is_refused(tiny_setup: tuple[Path, Path], tmp_path: Path) -> None:

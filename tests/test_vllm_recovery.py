@@ -199,8 +199,6 @@ H = 128
 CFG = GenerationConfig(max_new_tokens=12, ignore_eos=True)
 PROMPTS = ["The weather today is", "Once upon a time, in a land far away,", "1 2 3 4 5"]
 STEER = SteeringSpec({1: LayerSteeringSpec(torch.randn(H, generator=torch.Generator().manual_seed(1)) * 4.0, 1.0)})
-# the session's tiny-Llama engine's settings (the SIGTERM test's own engine loads the same compiled graph)
-ENGINE_SETTINGS = TINY_ENGINE_SETTINGS
 
 
 def engine_processes(model) -> list[int]:
@@ -367,7 +365,9 @@ def test_sigterm_leaves_no_engine_process(tiny_path, tmp_path):
     import psutil
 
     script = tmp_path / "hold.py"
-    script.write_text(HOLD_SCRIPT.format(repo=str(REPO_ROOT), path=str(tiny_path), settings=json.dumps(ENGINE_SETTINGS)))
+    # the session's tiny-Llama engine's settings: this program's engine loads the same compiled graph
+    settings = json.dumps(TINY_ENGINE_SETTINGS)
+    script.write_text(HOLD_SCRIPT.format(repo=str(REPO_ROOT), path=str(tiny_path), settings=settings))
     log = tmp_path / "hold.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
