@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 # Test workers (pytest-xdist): 0 runs the suite in this process. TEST_WORKERS=2 (one per core of the CI machine) runs
-# each module whole on one worker and the modules sharing a session engine on one (tests/conftest.py): ~40% faster,
+# each module whole on one worker and the modules sharing a session engine on one (tests/conftest.py): ~30% faster,
 # but under that load some browser tests have timed out now and then, so it is not the default.
 TEST_WORKERS ?= 0
 
